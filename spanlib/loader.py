@@ -1,0 +1,170 @@
+"""Pretraining data: samples + knowledge maps -> views, in a reproducible order.
+
+Every sample's views are drawn from a generator seeded by ``(seed, epoch,
+index)`` and the order of an epoch by ``(seed, epoch)``, so a run resumed in
+the middle of an epoch sees exactly the batches an uninterrupted run would,
+whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from spanlib.augment import ViewMaker
+
+MapSource = Callable[[object], np.ndarray]
+
+
+def knowledge_map_source(spec: str | None, organs: Sequence[str]) -> MapSource | None:
+    """Where a sample's knowledge maps come from.
+
+    Args:
+        spec: ``None`` (no maps), ``"triangular"`` (the spatial heuristic,
+            computed for the image size), ``"masks"`` (the sample's own
+            ground-truth masks: an oracle, for tests and upper bounds), or a
+            directory written by ``python -m spanlib templates build``.
+        organs: the map channels, in the order of the assigned heads.
+
+    Returns:
+        A function ``sample -> float32 [len(organs), H, W]`` at the image's size.
+    """
+    organs = tuple(organs)
+    if not organs or spec is None:
+        return None
+    if spec == "triangular":
+        from spanlib.templates import heuristic_maps
+
+        return lambda s: heuristic_maps(*s.image.shape[:2], organs).astype(np.float32)
+    if spec == "masks":
+
+        def from_masks(s) -> np.ndarray:
+            missing = [o for o in organs if o not in s.masks]
+            if missing:
+                raise KeyError(f"sample {s.id}: no ground-truth mask for {missing}")
+            return np.stack([s.masks[o] for o in organs]).astype(np.float32)
+
+        return from_masks
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: knowledge-map directory not found (build it with `python -m spanlib templates build`)")
+    from spanlib.templates import load_knowledge_maps
+
+    store = load_knowledge_maps(path)
+    index = [store.organs.index(o) if o in store.organs else -1 for o in organs]
+    if -1 in index:
+        raise ValueError(f"{path}: maps for {list(store.organs)}, the run assigns heads to {list(organs)}")
+
+    def from_store(s) -> np.ndarray:
+        maps = store.maps_for(s.id)[index].astype(np.float32)
+        if maps.shape[-2:] != s.image.shape[:2]:
+            maps = F.interpolate(torch.from_numpy(maps)[None], size=s.image.shape[:2], mode="nearest")[0].numpy()
+        return maps
+
+    return from_store
+
+
+def sample_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across processes and platforms."""
+    digest = hashlib.blake2b(np.asarray(parts, dtype=np.int64).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class ViewDataset(Dataset):
+    """Views of samples; indexed by ``(epoch, index)`` pairs.
+
+    Images (and maps) are read once and kept in memory as ``uint8``.
+
+    Args:
+        samples: any sequence of :class:`spanlib.data.Sample`.
+        views: the view maker.
+        maps: knowledge-map source, or ``None``.
+        seed: the run's seed.
+    """
+
+    def __init__(self, samples: Sequence, views: ViewMaker, maps: MapSource | None, seed: int):
+        self.views = views
+        self.seed = seed
+        self.ids: list[str] = []
+        self.images: list[torch.Tensor] = []
+        self.maps: list[torch.Tensor] = []
+        for s in samples:
+            self.ids.append(s.id)
+            self.images.append(torch.from_numpy(np.round(np.clip(s.image, 0, 1) * 255).astype(np.uint8)))
+            m = maps(s) if maps is not None else np.zeros((0, *s.image.shape[:2]), np.float32)
+            if m.shape[-2:] != s.image.shape[:2]:
+                raise ValueError(f"sample {s.id}: knowledge maps {m.shape[-2:]} differ from image {s.image.shape[:2]}")
+            self.maps.append(torch.from_numpy(np.round(np.clip(m, 0, 1) * 255).astype(np.uint8)))
+        if not self.ids:
+            raise ValueError("no samples to pretrain on")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        image = self.images[index].float() / 255
+        if image.ndim == 3:
+            image = image.permute(2, 0, 1)
+        maps = self.maps[index].float() / 255
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # small tensors: a second thread only adds overhead
+            try:
+                out = self.views(image, maps)
+            finally:
+                torch.set_num_threads(threads)
+        out["index"] = torch.tensor(index)
+        return out
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Seeded per-epoch permutation, split over ranks, batched, resumable.
+
+    Each rank takes every ``world``-th index of the permutation, so ranks see
+    disjoint samples; incomplete last batches are dropped (as DINO does).
+
+    Args:
+        n: dataset size.
+        batch_size: per rank.
+        seed: the run's seed.
+        rank: this process's rank.
+        world: number of processes.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch = 0
+        self.start_batch = 0
+        if self.batches_per_epoch() == 0:
+            raise ValueError(f"{n} samples cannot fill one batch of {batch_size} on each of {world} processes")
+
+    def batches_per_epoch(self) -> int:
+        return (self.n // self.world) // self.batch_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start_batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+        order = torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist()
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            chunk = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(self.epoch, i) for i in chunk]
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack per-sample views: ``global -> [2, B, C, S, S]`` (view-major)."""
+    out = {key: torch.stack([it[key] for it in items], dim=1) for key in items[0] if key != "index"}
+    out["index"] = torch.stack([it["index"] for it in items])
+    return out

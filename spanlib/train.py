@@ -1,0 +1,413 @@
+"""Pretraining: DINO, optionally with the SPAN regularizer, on CPU or GPUs.
+
+``python -m spanlib pretrain --preset book --regimen span_deformable`` (one
+process) or ``torchrun --nproc_per_node N -m spanlib pretrain ...`` (DDP).
+A run directory holds ``config.yaml``, ``log.jsonl``, ``checkpoint.pt`` (the
+latest, written atomically every ``run.checkpoint_every`` steps and at the
+end) and ``done.json`` once finished. ``--resume`` continues from the last
+checkpoint and gives the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from spanlib import dino as D
+from spanlib.augment import ViewMaker
+from spanlib.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json_atomic
+from spanlib.config import Config, REGIMENS, load_config, parse_override, preset_names, resolve
+from spanlib.loader import EpochBatchSampler, ViewDataset, collate, knowledge_map_source
+from spanlib.span import span_loss
+from spanlib.vit import build_vit
+
+
+class DivergenceError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Runtime:
+    """Where and how this process computes."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def setup_runtime(device: str = "auto", amp: str = "auto") -> Runtime:
+    """Pick the device (CUDA when present, else CPU) and join DDP under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if amp == "auto":
+        amp = "bf16" if dev.type == "cuda" else "off"
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, "bad")
+    if amp_dtype == "bad":
+        raise ValueError(f"amp must be auto, off, bf16 or fp16, not {amp!r}")
+    return Runtime(device=dev, amp_dtype=amp_dtype, rank=rank, world=world)
+
+
+def load_samples(cfg: Config) -> Sequence:
+    """The pretraining samples named by ``run.data`` and ``run.split``."""
+    if not cfg.run.data:
+        raise ValueError("no data: set run.data (a dataset folder) or pass samples")
+    from spanlib.data import FolderDataset
+
+    return FolderDataset(cfg.run.data, split=cfg.run.split)
+
+
+def param_checksum(module: torch.nn.Module) -> float:
+    """A position-weighted sum of every parameter, to compare ranks."""
+    total = 0.0
+    for i, p in enumerate(module.parameters()):
+        total += (i + 1) * p.detach().double().sum().item()
+    return total
+
+
+class Pretrainer:
+    """One pretraining run.
+
+    Args:
+        cfg: the resolved configuration.
+        out: the run directory.
+        samples: pretraining samples; read from ``cfg.run.data`` when ``None``.
+        runtime: device and process group; chosen automatically when ``None``.
+    """
+
+    def __init__(self, cfg: Config, out: str | Path, samples: Sequence | None = None, runtime: Runtime | None = None):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.rt = runtime or setup_runtime(cfg.run.device, cfg.run.amp)
+        torch.manual_seed(cfg.run.seed)
+        np.random.seed(cfg.run.seed % (2**32))
+        self.organs = tuple(cfg.span.assigned_heads)
+        self.head_index = [cfg.span.assigned_heads[o] for o in self.organs]
+        self.use_span = bool(self.organs) and (cfg.span.lambda_inclusion > 0 or cfg.span.lambda_exclusion > 0)
+
+        backbone = build_vit(cfg.model)
+        heads = backbone.blocks[-1].attn.num_heads
+        bad = [h for h in self.head_index if not 0 <= h < heads]
+        if bad:
+            raise ValueError(f"assigned heads {bad} do not exist: the last block has {heads} heads")
+        self.student = D.DinoNetwork(backbone, D.DINOHead(backbone.num_features, cfg.dino)).to(self.rt.device)
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad = False
+        self.student_ddp: torch.nn.Module = self.student
+        if self.rt.distributed:
+            self.student_ddp = DistributedDataParallel(
+                self.student, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None
+            )
+
+        self.views = ViewMaker(cfg.views, cfg.model.img_size, self.organs, cfg.model.in_chans)
+        self.samples = samples
+        self.n_crops = 2 + self.views.n_local
+        self.loss_fn = D.DINOLoss(cfg.dino, self.n_crops, cfg.optim.epochs).to(self.rt.device)
+        groups = D.param_groups(self.student)
+        if cfg.optim.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups)
+        elif cfg.optim.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(groups)
+        elif cfg.optim.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=0, momentum=0.9)
+        else:
+            raise ValueError(f"unknown optimizer {cfg.optim.optimizer!r}")
+        self.step = 0
+        self.log = JsonlLog(self.out / "log.jsonl", enabled=self.rt.main)
+
+    # ----------------------------------------------------------------- data
+    def _loader(self) -> tuple[DataLoader, EpochBatchSampler]:
+        cfg = self.cfg
+        samples = self.samples if self.samples is not None else load_samples(cfg)
+        maps = knowledge_map_source(cfg.span.knowledge_maps if self.use_span else None, self.organs if self.use_span else ())
+        dataset = ViewDataset(samples, self.views, maps, cfg.run.seed)
+        sampler = EpochBatchSampler(len(dataset), cfg.optim.batch_size, cfg.run.seed, self.rt.rank, self.rt.world)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=cfg.run.num_workers,
+            pin_memory=self.rt.device.type == "cuda",
+            # the loader's own generator: iterating must not consume the global
+            # RNG, or a resumed run would draw different drop-path masks
+            generator=torch.Generator().manual_seed(cfg.run.seed),
+        )
+        return loader, sampler
+
+    # ------------------------------------------------------------ checkpoint
+    def state(self) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "center": self.loss_fn.center.detach().cpu(),
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def save(self) -> None:
+        if self.rt.distributed:
+            sums = [None] * self.rt.world
+            dist.all_gather_object(sums, param_checksum(self.student))
+            if len(set(sums)) != 1:
+                raise RuntimeError(f"step {self.step}: ranks hold different parameters {sums}")
+            self.log.write({"event": "checkpoint", "step": self.step, "param_checksums": sums})
+        if self.rt.main:
+            save_atomic(self.state(), self.out / "checkpoint.pt")
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss_fn.center.copy_(state["center"].to(self.rt.device))
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"])
+        self.log.truncate_after(self.step)
+
+    # ------------------------------------------------------------- training
+    def fit(self, stop_after_steps: int | None = None) -> dict[str, Any]:
+        """Train to the configured number of epochs (or stop early for tests).
+
+        Returns:
+            A summary: steps, epochs, seconds, last logged losses.
+        """
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rt.main:
+            (self.out / "config.yaml").write_text(cfg.to_yaml())
+        if not cfg.run.train:
+            self.save()
+            return self._finish({"steps": 0, "note": "untrained (random init)"}, 0.0)
+        loader, sampler = self._loader()
+        accum = cfg.optim.accum_steps
+        steps_per_epoch = sampler.batches_per_epoch() // accum
+        if steps_per_epoch == 0:
+            raise ValueError(f"{sampler.batches_per_epoch()} batches per epoch cannot fill {accum} accumulation steps")
+        total_steps = cfg.optim.epochs * steps_per_epoch
+        total_batch = cfg.optim.batch_size * accum * self.rt.world
+        lr_sched = D.cosine_scheduler(
+            cfg.optim.lr * total_batch / 256, cfg.optim.min_lr, cfg.optim.epochs, steps_per_epoch, cfg.optim.warmup_epochs
+        )
+        wd_sched = D.cosine_scheduler(cfg.optim.weight_decay, cfg.optim.weight_decay_end, cfg.optim.epochs, steps_per_epoch)
+        mom_sched = D.cosine_scheduler(cfg.dino.momentum_teacher, 1.0, cfg.optim.epochs, steps_per_epoch)
+        start = time.perf_counter()
+        bar = tqdm(total=total_steps, initial=self.step, disable=not self.rt.main, desc=cfg.name, mininterval=5)
+        record: dict[str, Any] = {}
+        while self.step < total_steps:
+            epoch = self.step // steps_per_epoch
+            sampler.set_epoch(epoch, start_batch=(self.step % steps_per_epoch) * accum)
+            batches = iter(loader)
+            for _ in range(steps_per_epoch - self.step % steps_per_epoch):
+                record = self._train_step([next(batches) for _ in range(accum)], epoch, lr_sched, wd_sched, mom_sched)
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.run.log_every == 0 or self.step == total_steps:
+                    record.update(step=self.step, epoch=epoch, seconds=round(time.perf_counter() - start, 3))
+                    self.log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                if self.step % cfg.run.checkpoint_every == 0 and self.step < total_steps:
+                    self.save()
+                if stop_after_steps is not None and self.step >= stop_after_steps:
+                    bar.close()
+                    return {"steps": self.step, "stopped": True}
+            del batches
+        bar.close()
+        self.save()
+        return self._finish({"steps": self.step, "epochs": cfg.optim.epochs, "last": record}, time.perf_counter() - start)
+
+    def _finish(self, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
+        summary["seconds"] = round(seconds, 2)
+        if self.rt.main:
+            write_json_atomic(summary, self.out / "done.json")
+        return summary
+
+    def _train_step(self, micro_batches, epoch, lr_sched, wd_sched, mom_sched) -> dict[str, Any]:
+        cfg, rt = self.cfg, self.rt
+        it = self.step
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = float(lr_sched[it])
+            if i == 0:
+                group["weight_decay"] = float(wd_sched[it])
+        teacher_outputs, totals = [], {"loss": 0.0, "dino_loss": 0.0, "span_loss": 0.0}
+        diag: dict[str, float] = {}
+        for m, batch in enumerate(micro_batches):
+            global_crops = [c.to(rt.device, non_blocking=True) for c in batch["global"]]
+            crops = global_crops + ([c.to(rt.device, non_blocking=True) for c in batch["local"]] if "local" in batch else [])
+            sync = contextlib.nullcontext()
+            if rt.distributed and m < len(micro_batches) - 1:
+                sync = self.student_ddp.no_sync()
+            with sync:
+                with rt.autocast():
+                    with torch.no_grad():
+                        teacher_logits, _, _ = self.teacher(global_crops)
+                    student_logits, features, attention = self.student_ddp(crops, n_attention=2 if self.use_span else 0)
+                    dino_loss = self.loss_fn(student_logits, teacher_logits, epoch)
+                    loss = dino_loss
+                    if self.use_span:
+                        maps = batch["global_maps"].to(rt.device).flatten(0, 1)
+                        terms = span_loss(
+                            attention,
+                            maps,
+                            self.head_index,
+                            cfg.span.lambda_inclusion,
+                            cfg.span.lambda_exclusion,
+                            cfg.span.renormalize,
+                        )
+                        loss = loss + terms.loss
+                        diag["inside_share"] = diag.get("inside_share", 0.0) + terms.inside_share.item() / len(micro_batches)
+                (loss / len(micro_batches)).backward()
+            teacher_outputs.append(teacher_logits.detach())
+            totals["loss"] += loss.item() / len(micro_batches)
+            totals["dino_loss"] += dino_loss.item() / len(micro_batches)
+            if self.use_span:
+                totals["span_loss"] += terms.loss.item() / len(micro_batches)
+        self._check_finite(totals)
+        if cfg.optim.clip_grad:
+            D.clip_gradients(self.student, cfg.optim.clip_grad)
+        D.cancel_last_layer_gradients(epoch, self.student, cfg.dino.freeze_last_layer)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        D.ema_update(self.teacher, self.student, float(mom_sched[it]))
+        self.loss_fn.update_center(teacher_outputs)
+        with torch.no_grad():
+            feats = F.normalize(features[: global_crops[0].shape[0] * 2].float(), dim=-1)
+            embed_std = (feats.std(dim=0).mean() * math.sqrt(feats.shape[-1])).item()
+        ent, ent_mean = D.output_entropy(teacher_outputs[-1], self.loss_fn.center, self.loss_fn.teacher_temp(epoch))
+        return {
+            **totals,
+            **diag,
+            "lr": float(lr_sched[it]),
+            "weight_decay": float(wd_sched[it]),
+            "momentum": float(mom_sched[it]),
+            "teacher_temp": self.loss_fn.teacher_temp(epoch),
+            "teacher_entropy": ent,
+            "teacher_mean_entropy": ent_mean,
+            "embed_std": embed_std,
+        }
+
+    def _check_finite(self, totals: dict[str, float]) -> None:
+        bad = torch.tensor([0.0 if math.isfinite(totals["loss"]) else 1.0])
+        if self.rt.distributed:
+            bad = bad.to(self.rt.device)
+            dist.all_reduce(bad)
+        if bad.item() > 0:
+            last = self.out / "checkpoint.pt"
+            where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            self.log.write({"event": "diverged", "step": self.step, **totals})
+            raise DivergenceError(
+                f"{self.cfg.name}: loss is not finite at step {self.step} "
+                f"(total {totals['loss']}, dino {totals['dino_loss']}, span {totals['span_loss']}); "
+                f"training stopped; {where}. Lower optim.lr or raise optim.warmup_epochs."
+            )
+
+
+def pretrain(
+    cfg: Config,
+    out: str | Path,
+    samples: Sequence | None = None,
+    resume: bool = False,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train one run; the library entry point behind ``python -m spanlib pretrain``.
+
+    Args:
+        cfg: the configuration (see :func:`spanlib.config.resolve`).
+        out: the run directory.
+        samples: pretraining samples; ``cfg.run.data`` is read when ``None``.
+        resume: continue from ``out/checkpoint.pt``. The saved config is used.
+        stop_after_steps: stop after this many optimizer steps, as a kill would
+            (for tests of resumption).
+
+    Returns:
+        The run summary (also written to ``out/done.json``).
+    """
+    out = Path(out)
+    ckpt = out / "checkpoint.pt"
+    if resume and (out / "done.json").exists():
+        import json
+
+        return json.loads((out / "done.json").read_text())
+    if resume and (out / "config.yaml").exists():
+        cfg = load_config(out / "config.yaml")
+    elif not resume and ckpt.exists():
+        raise FileExistsError(f"{out}: a run is already there; pass --resume to continue it or choose another --out")
+    trainer = Pretrainer(cfg, out, samples)
+    if resume and ckpt.exists():
+        trainer.restore(ckpt)
+    return trainer.fit(stop_after_steps=stop_after_steps)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="book", help=f"one of {preset_names()}")
+    parser.add_argument("--regimen", default="span_deformable", choices=REGIMENS)
+    parser.add_argument("--data", help="dataset folder (overrides run.data)")
+    parser.add_argument("--maps", help="knowledge-map folder or 'triangular' (overrides span.knowledge_maps)")
+    parser.add_argument("--out", help="run directory (default runs/<preset>/<regimen>/seed<seed>)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.epochs=3")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--stop-after-steps", type=int, help="stop after N steps as a kill would (testing)")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = dict(parse_override(s) for s in args.set)
+    if args.data:
+        overrides["run.data"] = args.data
+    if args.maps:
+        overrides["span.knowledge_maps"] = args.maps
+    if args.seed is not None:
+        overrides["run.seed"] = args.seed
+    cfg = resolve(args.preset, args.regimen, overrides)
+    out = Path(args.out or f"runs/{args.preset}/{args.regimen}/seed{cfg.run.seed}")
+    try:
+        summary = pretrain(cfg, out, resume=args.resume, stop_after_steps=args.stop_after_steps)
+    except DivergenceError as exc:
+        print(f"error: {exc}")
+        return 3
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{out}: {summary}")
+    return 0
