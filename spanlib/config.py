@@ -267,4 +267,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form key=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:  # YAML 1.1 reads 1e-3 as a string
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return key.strip(), parsed

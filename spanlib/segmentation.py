@@ -2,7 +2,7 @@
 
 The paper trains a DeepLabv3-ResNet101 on 200 annotated films and averages its
 predicted probabilities over the whole pretraining set. On CPU the book uses
-:class:`SmallUNet` (a three-stage U-Net, ~120k parameters at the default
+:class:`SmallUNet` (a three-stage U-Net, ~30k parameters at the default
 widths) trained on a few dozen labelled images at 64 px; the ``paper`` preset
 may choose torchvision's ``deeplabv3_resnet50`` / ``deeplabv3_resnet101``,
 built with random weights (nothing is ever downloaded).
@@ -47,8 +47,8 @@ class SegConfig:
 
     arch: str = "unet"
     size: int = 64
-    channels: tuple[int, ...] = (16, 32, 64)
-    steps: int = 300
+    channels: tuple[int, ...] = (8, 16, 32)
+    steps: int = 150
     batch_size: int = 8
     lr: float = 3e-3
     n_train: int = 32
@@ -223,7 +223,7 @@ def train_segmenter(
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model = model.cpu().eval()
     prob = predict_probabilities(model, images, config, device=torch.device("cpu"))
     truth = y_all.numpy() >= 0.5

@@ -143,12 +143,14 @@ class Pretrainer:
         self.n_crops = 2 + self.views.n_local
         self.loss_fn = D.DINOLoss(cfg.dino, self.n_crops, cfg.optim.epochs).to(self.rt.device)
         groups = D.param_groups(self.student)
+        # foreach: one fused kernel per group instead of a Python loop over
+        # parameters (PyTorch only defaults to it on CUDA)
         if cfg.optim.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups)
+            self.optimizer = torch.optim.AdamW(groups, foreach=True)
         elif cfg.optim.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(groups)
+            self.optimizer = torch.optim.Adam(groups, foreach=True)
         elif cfg.optim.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(groups, lr=0, momentum=0.9)
+            self.optimizer = torch.optim.SGD(groups, lr=0, momentum=0.9, foreach=True)
         else:
             raise ValueError(f"unknown optimizer {cfg.optim.optimizer!r}")
         self.step = 0

@@ -143,14 +143,15 @@ def make_cast_part(index: int, seed: int, config: PartConfig = PartConfig(), spl
         height[np.hypot(gx - centre[0] - ring * np.cos(a), gy - centre[1] - ring * np.sin(a)) < hole_r] = 0.0
     height[radius < bore] = 0.0
 
-    kinds: list[str] = []
-    if defective:
-        kinds = [str(k) for k in rng.choice(DEFECT_KINDS, size=int(rng.integers(1, 3)), replace=False)]
+    if defective:  # defects draw from their own stream: the rest of the image does not depend on them
+        defect_rng = np.random.default_rng([seed, STREAM, index, 1])
+        kinds = [str(k) for k in defect_rng.choice(DEFECT_KINDS, size=int(defect_rng.integers(1, 3)), replace=False)]
         layer = Image.new("L", (size, size), 128)
         draw = ImageDraw.Draw(layer)
         geometry = {"cx": centre[0], "cy": centre[1], "outer": outer, "inner": inner, "hub": hub}
         for kind in kinds:
-            _draw_defect(kind, rng, draw, size, geometry, small=bool(rng.random() < config.small_defect_rate))
+            small = bool(defect_rng.random() < config.small_defect_rate)
+            _draw_defect(kind, defect_rng, draw, size, geometry, small)
         change = np.asarray(layer, dtype=np.float32)
         height = np.where(change < 5, 0.0, height)  # missing material
         height = np.where((change > 150) & (height == 0), 0.9, height)  # flash and burrs stand out of the edge

@@ -173,23 +173,31 @@ def _dome(x: np.ndarray, centre: float, base: float, height: float, width: float
 
 def _organs(x: np.ndarray, y: np.ndarray, a: dict[str, float], raise_side: dict[str, float]) -> dict[str, np.ndarray]:
     """Boolean organ regions (patient-side names) plus helper regions."""
-    dome_r = _dome(x, -0.33, a["dome_r"] - raise_side["right"], a["dome_h"])
-    dome_l = _dome(x, 0.33, a["dome_l"] - raise_side["left"], a["dome_h"])
+    base_r, base_l = _dome(x, -0.33, a["dome_r"], a["dome_h"]), _dome(x, 0.33, a["dome_l"], a["dome_h"])
+    dome_r = base_r - raise_side["right"]
+    dome_l = base_l - raise_side["left"]
     medi = a["medi"] + 0.035 * np.clip(y + 0.7, 0.0, 1.3)
     tilt = a["heart_tilt"]
     hx, hy = x - a["heart_x"], y - a["heart_y"]
     u = np.cos(tilt) * hx + np.sin(tilt) * hy
     v = -np.sin(tilt) * hx + np.cos(tilt) * hy
     s = a["heart_scale"]
-    floor = np.maximum(_dome(x, -0.33, a["dome_r"], a["dome_h"]), _dome(x, 0.33, a["dome_l"], a["dome_h"])) + 0.03
+    floor = np.maximum(base_r, base_l) + 0.03
     heart = ((u / (a["heart_a"] * s)) ** 2 + (v / (a["heart_b"] * s**0.6)) ** 2 < 1.0) & (y < floor)
     knob = (x - 0.11) ** 2 + (y + 0.22) ** 2 < 0.06**2
     cavity_r = _lung_cavity(x, y, -a["lung_cx"], a["lung_cy"], a["lung_ax"], a["lung_ay"])
     cavity_l = _lung_cavity(x, y, a["lung_cx"], a["lung_cy"], a["lung_ax"] * 1.02, a["lung_ay"])
-    right = cavity_r & (x < -medi) & (y < dome_r) & ~heart
-    left = cavity_l & (x > medi + 0.01) & (y < dome_l) & ~heart & ~knob
-    abdomen = (y > np.where(x < 0, dome_r, dome_l)) & (np.abs(x) < 0.85)
-    return {"left_lung": left, "right_lung": right, "heart": heart, "abdomen": abdomen, "knob": knob}
+    field_r = cavity_r & (x < -medi) & (y < dome_r)
+    field_l = cavity_l & (x > medi + 0.01) & (y < dome_l) & ~knob
+    # below the diaphragm as it would be without lost volume: a raised dome only removes lung
+    abdomen = (y > np.where(x < 0, base_r, base_l)) & (np.abs(x) < 0.85)
+    return {
+        "left_lung": field_l & ~heart,
+        "right_lung": field_r & ~heart,
+        "heart": heart,
+        "abdomen": abdomen,
+        "lung_fields": field_r | field_l,  # lungs including the part behind the heart
+    }
 
 
 def _body(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -386,7 +394,8 @@ def make_chest_phantom(index: int, seed: int, config: ChestConfig = ChestConfig(
     lungs = (organs["left_lung"] | organs["right_lung"]).astype(np.float32)
     blur = 0.6
     density = a["soft"] * _body(x, y)
-    air = ndimage.gaussian_filter(lungs, blur) * (0.7 + 0.3 * ndimage.gaussian_filter(lungs, 0.06 / pixel))
+    depth = ndimage.gaussian_filter(organs["lung_fields"].astype(np.float32), 0.06 / pixel)
+    air = ndimage.gaussian_filter(lungs, blur) * (0.7 + 0.3 * depth)
     texture = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 0.02 / pixel)
     texture /= texture.std() + 1e-6
     vessels = np.exp(-((texture / 0.25) ** 2))  # zero crossings of smooth noise: a network of curved lines
@@ -400,9 +409,11 @@ def make_chest_phantom(index: int, seed: int, config: ChestConfig = ChestConfig(
     if a["breast"]:
         density += 0.1 * expit((0.2 - ((np.abs(x) - 0.5) / 0.35) ** 2 - ((y - 0.55) / 0.3) ** 2) / 0.05)
     density += _bones(x, y, a, a["lung_cx"] + a["lung_ax"])
-    density += _findings(rng, x, y, organs, labels, severity, pixel)
+    # findings and devices draw from their own streams, so that the rest of the film
+    # (anatomy, exposure, noise, annotations) does not depend on which findings it has
+    density += _findings(np.random.default_rng([seed, STREAM, index, 1]), x, y, organs, labels, severity, pixel)
     with_findings = labels["No Finding"] == 0.0
-    density += 0.45 * _devices(rng, size, with_findings, config)
+    density += 0.45 * _devices(np.random.default_rng([seed, STREAM, index, 2]), size, with_findings, config)
     film = 1.0 - np.exp(-2.1 * np.clip(density, 0.0, None))
     gain, gamma, offset = rng.uniform(0.85, 1.05), rng.uniform(0.8, 1.25), rng.uniform(0.0, 0.06)
     heel = 1.0 + rng.uniform(-0.06, 0.06) * _grid(size)[int(rng.integers(2))]
@@ -411,7 +422,7 @@ def make_chest_phantom(index: int, seed: int, config: ChestConfig = ChestConfig(
     film += rng.uniform(*config.noise) * (0.6 * rng.standard_normal((size, size)) + 1.2 * grain)
     film = np.maximum(film, _annotations(rng, size, config))
     blocked = _collimation(rng, size, config.collimation_rate)
-    film = np.where(blocked, 0.8 + 0.3 * (film - 0.5) * 0.3, film)
+    film = np.where(blocked, 0.8 + 0.1 * (film - 0.5), film)  # collimated away: little exposure, bright
     image = np.clip(film, 0.0, 1.0).astype(np.float32)
     masks = {name: organs[name].copy() for name in CHEST_ORGANS}
     return Sample(id=f"chest_{index:06d}", image=image, masks=masks, labels=labels, split=split)
