@@ -249,10 +249,17 @@ class _RowKernel:
         tied_with_next = self.odd[: n_pos - 1]
         np.equal(pos_keys[1:], pos_keys[:-1], out=tied_with_next)
         tied = np.flatnonzero(tied_with_next)
-        if tied.size:
+        if tied.size == 0:
+            return float(ratio.sum()) / n_pos
+        if tied.size * 16 < n_pos:  # a few ties (continuous scores): look each one up
             last = np.searchsorted(pos_keys, pos_keys[tied], side="right") - 1
             ratio[tied] = (last + 1.0) / (pos[last] + 1.0)
-        return float(ratio.sum()) / n_pos
+            return float(ratio.sum()) / n_pos
+        # many ties (quantised or upsampled maps): one pass over the groups
+        group_last = np.flatnonzero(~tied_with_next)
+        group_last = np.append(group_last, n_pos - 1)
+        sizes = np.diff(group_last, prepend=-1)
+        return float(np.sum(sizes * (group_last + 1.0) / (pos[group_last] + 1.0))) / n_pos
 
 
 def _average_precision_torch(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

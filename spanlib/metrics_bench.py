@@ -1,0 +1,230 @@
+"""``python -m spanlib bench ap``: pixel AP against scikit-learn, speed and agreement.
+
+Three kinds of seeded 224x224 maps, each scored against random blob masks
+(one to three ellipses):
+
+* ``general``: continuous non-negative scores (a probability map);
+* ``general_signed``: continuous scores of both signs (logits), which need
+  the 64-bit sort key instead of the 32-bit one;
+* ``attention``: 14x14 patch attention (a softmax) upsampled nearest to
+  224x224, the shape of a ViT's CLS attention map.
+
+scikit-learn's ``average_precision_score`` runs map by map on NumPy views of
+the same arrays (it is single-threaded); ours runs batched. For attention
+maps three of our paths are timed: the pixel path on the upsampled maps,
+the patch path from the masks (``attention_average_precision``, the cost of
+reducing the masks to per-patch counts included), and the patch path from
+precomputed counts (``average_precision_patches`` alone). The upsampled
+maps are given to scikit-learn and to our pixel path ready-made; making them
+is not timed.
+
+How it is measured (see DESIGN.md): the maps are split into ``--steps``
+chunks; on each chunk every variant runs once, in an order that rotates from
+chunk to chunk, after ``--warmup`` untimed chunks. Reported: the median over
+chunks of each variant's time per map, and the median over chunks of the
+per-chunk ratio scikit-learn / ours (the speed-up), with the torch thread
+count and the load average, since these cores are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import sklearn
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score
+
+from spanlib import metrics
+
+KINDS = ("general", "general_signed", "attention")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's options to ``parser``."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--maps", type=int, default=1000, help="maps per kind (default 1000)")
+    parser.add_argument("--size", type=int, default=224, help="map side in pixels (default 224)")
+    parser.add_argument("--grid", type=int, default=14, help="attention grid side (default 14)")
+    parser.add_argument("--steps", type=int, default=10, help="timed chunks the maps are split into (default 10)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed chunks before them (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: leave torch's setting)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="map kinds to run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the maps (default 0)")
+
+
+def blob_masks(batch: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Union of one to three random ellipses per map, ``[batch, size, size]`` bool."""
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = coords[:, None], coords[None, :]
+    count = torch.randint(1, 4, (batch,), generator=gen)
+    masks = torch.zeros(batch, size, size, dtype=torch.bool)
+    for k in range(3):
+        centre = 0.2 + 0.6 * torch.rand(batch, 2, generator=gen)
+        radii = 0.06 + 0.24 * torch.rand(batch, 2, generator=gen)
+        angle = math.pi * torch.rand(batch, generator=gen)
+        cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+        dy = yy[None] - centre[:, 0, None, None]
+        dx = xx[None] - centre[:, 1, None, None]
+        u = (dx * cos + dy * sin) / radii[:, 0, None, None]
+        v = (-dx * sin + dy * cos) / radii[:, 1, None, None]
+        masks |= ((u * u + v * v) <= 1.0) & (k < count)[:, None, None]
+    return masks
+
+
+def make_chunk(kind: str, batch: int, size: int, grid: int, seed: int) -> dict[str, torch.Tensor]:
+    """Scores and masks of one chunk; ``attention`` also carries the patch maps."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = blob_masks(batch, size, gen)
+    if kind == "general":
+        scores = 0.7 * torch.rand(batch, size, size, generator=gen) + 0.3 * masks
+        return {"scores": scores, "masks": masks}
+    if kind == "general_signed":
+        scores = torch.randn(batch, size, size, generator=gen) + masks
+        return {"scores": scores, "masks": masks}
+    if kind == "attention":
+        inside = F.adaptive_avg_pool2d(masks[:, None].float(), grid)[:, 0]
+        logits = 1.5 * torch.randn(batch, grid, grid, generator=gen) + 2.0 * inside
+        attention = logits.flatten(1).softmax(dim=1).view(batch, grid, grid)
+        return {"attention": attention, "scores": metrics.upsample_nearest(attention, (size, size)), "masks": masks}
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def sklearn_loop(scores: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    """scikit-learn's AP, one map at a time."""
+    s = scores.flatten(1).numpy()
+    t = masks.flatten(1).numpy()
+    return np.array([average_precision_score(t[i], s[i]) for i in range(s.shape[0])])
+
+
+def variants(kind: str, chunk: dict[str, torch.Tensor]) -> dict[str, Callable[[], Any]]:
+    """The timed calls of one kind on one chunk."""
+    scores, masks = chunk["scores"], chunk["masks"]
+    calls: dict[str, Callable[[], Any]] = {
+        "sklearn": lambda: sklearn_loop(scores, masks),
+        "ours_pixel": lambda: metrics.average_precision(scores, masks),
+    }
+    if kind == "attention":
+        attention = chunk["attention"]
+        grid = (attention.shape[1], attention.shape[2])
+        pos, neg = metrics.patch_counts(masks, grid)
+        calls["ours_patch_with_counts"] = lambda: metrics.attention_average_precision(attention, masks)
+        calls["ours_patch_given_counts"] = lambda: metrics.average_precision_patches(attention, pos, neg)
+        calls["patch_counts_only"] = lambda: metrics.patch_counts(masks, grid)
+    return calls
+
+
+def bench_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Time every variant of one kind, chunk by chunk, alternating."""
+    per_chunk = max(1, args.maps // args.steps)
+    seconds: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    max_diff: dict[str, float] = {}
+    timed_maps = 0
+    for step in range(args.warmup + args.steps):
+        chunk = make_chunk(kind, per_chunk, args.size, args.grid, seed=args.seed * 100_003 + step)
+        calls = variants(kind, chunk)
+        names = list(calls)
+        shift = step % len(names)
+        elapsed: dict[str, float] = {}
+        results: dict[str, Any] = {}
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            results[name] = calls[name]()
+            elapsed[name] = time.perf_counter() - start
+        reference = results["sklearn"]
+        for name, value in results.items():
+            if name.startswith("ours"):
+                diff = float(np.max(np.abs(np.asarray(value) - reference)))
+                max_diff[name] = max(max_diff.get(name, 0.0), diff)
+        if step < args.warmup:
+            continue
+        timed_maps += per_chunk
+        for name, value in elapsed.items():
+            seconds.setdefault(name, []).append(value / per_chunk)
+            if name.startswith("ours"):
+                ratios.setdefault(name, []).append(elapsed["sklearn"] / value)
+    ms_per_map = {name: 1e3 * statistics.median(v) for name, v in seconds.items()}
+    speedup = {name: statistics.median(v) for name, v in ratios.items()}
+    return {
+        "maps_timed": timed_maps,
+        "chunks": args.steps,
+        "maps_per_chunk": per_chunk,
+        "ms_per_map_median": ms_per_map,
+        "speedup_vs_sklearn": speedup,
+        "speedup_range": {name: [min(v), max(v)] for name, v in ratios.items()},
+        "max_abs_diff_vs_sklearn": max(max_diff.values()),
+        "max_abs_diff_by_path": max_diff,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; print JSON or a table. Returns the exit status."""
+    if args.maps < 1 or args.steps < 1 or args.size < 1 or args.grid < 1:
+        raise SystemExit("--maps, --steps, --size and --grid must be positive")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    kinds = {kind: bench_kind(kind, args) for kind in args.kinds}
+    summary: dict[str, Any] = {
+        "benchmark": "pixel average precision vs scikit-learn average_precision_score",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "maps_per_kind": args.maps,
+        "map_size": [args.size, args.size],
+        "attention_grid": [args.grid, args.grid],
+        "seed": args.seed,
+        "torch_threads": torch.get_num_threads(),
+        "ap_sort_workers": torch.get_num_threads(),
+        "sklearn_threads": 1,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "sklearn": sklearn.__version__,
+        },
+        **kinds,
+        "max_abs_diff_vs_sklearn": max(k["max_abs_diff_vs_sklearn"] for k in kinds.values()),
+    }
+    if "general" in kinds:
+        summary["speedup_general"] = kinds["general"]["speedup_vs_sklearn"]["ours_pixel"]
+        summary["goal_general_4x"] = summary["speedup_general"] >= 4
+    if "attention" in kinds:
+        summary["speedup_attention_with_counts"] = kinds["attention"]["speedup_vs_sklearn"]["ours_patch_with_counts"]
+        summary["speedup_attention_given_counts"] = kinds["attention"]["speedup_vs_sklearn"]["ours_patch_given_counts"]
+        summary["goal_attention_20x"] = summary["speedup_attention_with_counts"] >= 20
+    if args.json:
+        print(json.dumps(summary, allow_nan=False))
+        return 0
+    print(f"pixel AP vs scikit-learn: {args.maps} maps per kind, {args.size}x{args.size}, "
+          f"torch threads {summary['torch_threads']}, load {load_before[0]:.1f}")
+    for kind, res in kinds.items():
+        print(f"\n{kind} (max |ours - sklearn| = {res['max_abs_diff_vs_sklearn']:.2e})")
+        for name, ms in res["ms_per_map_median"].items():
+            speed = res["speedup_vs_sklearn"].get(name)
+            tail = f"   {speed:7.1f}x vs sklearn" if speed is not None else ""
+            print(f"  {name:26s} {ms:9.3f} ms/map{tail}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``main(["--json"])`` as ``python -m spanlib bench ap --json``."""
+    parser = argparse.ArgumentParser(prog="python -m spanlib bench ap", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
