@@ -14,6 +14,8 @@ always gives the same bytes.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,33 +48,25 @@ def parse_size(size: int | tuple[int, int] | None) -> Size | None:
     return height, width
 
 
-def _open(path: Path) -> Image.Image:
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """An image decoded by Pillow, its file closed on exit (GIFs keep theirs open otherwise)."""
     if not path.is_file():
         raise DataError(path, "missing file")
     try:
         image = Image.open(path)
-        image.load()
     except (OSError, SyntaxError, ValueError, zlib.error) as error:
         raise DataError(path, f"unreadable or truncated image ({type(error).__name__}: {error})") from error
-    return image
+    with image:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, zlib.error) as error:
+            raise DataError(path, f"unreadable or truncated image ({type(error).__name__}: {error})") from error
+        yield image
 
 
-def read_image(path: str | Path, grey: bool = True) -> np.ndarray:
-    """Read an image file into float32 values in [0, 1].
-
-    Args:
-        path: a PNG, JPEG, GIF or any other format Pillow reads.
-        grey: convert colour images to grey; when ``False`` a colour image
-            is returned as ``[H, W, 3]``.
-
-    Returns:
-        float32 ``[H, W]`` (or ``[H, W, 3]``).
-
-    Raises:
-        DataError: missing, unreadable or truncated file.
-    """
-    path = Path(path)
-    image = _open(path)
+def _unit_array(path: Path, image: Image.Image, grey: bool) -> np.ndarray:
+    """Pixel values of a decoded image as float32 in [0, 1]."""
     if image.mode in _GREY_16:
         array = np.asarray(image).astype(np.float64)
         if array.size and (array.min() < 0 or array.max() > 65535):
@@ -83,11 +77,31 @@ def read_image(path: str | Path, grey: bool = True) -> np.ndarray:
         if array.size and (not np.isfinite(array).all() or array.min() < 0 or array.max() > 1):
             raise DataError(path, "floating-point image with values outside [0, 1]")
         return array.copy()
-    if image.mode not in ("L", "1"):
-        image = image.convert("L" if grey else "RGB")
-        if not grey and np.ptp(np.asarray(image).astype(np.int16), axis=2).max(initial=0) == 0:
+    if image.mode != "L":
+        image = image.convert("L" if grey or image.mode == "1" else "RGB")
+        if image.mode == "RGB" and np.ptp(np.asarray(image).astype(np.int16), axis=2).max(initial=0) == 0:
             image = image.convert("L")
-    return (np.asarray(image.convert("L") if image.mode == "1" else image, dtype=np.float32) / 255.0).copy()
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def read_image(path: str | Path, grey: bool = True) -> np.ndarray:
+    """Read an image file into float32 values in [0, 1].
+
+    Args:
+        path: a PNG, JPEG, GIF or any other format Pillow reads.
+        grey: convert colour images to grey; when ``False`` a colour image
+            is returned as ``[H, W, 3]`` (a colour file whose channels are
+            all equal still comes back grey).
+
+    Returns:
+        float32 ``[H, W]`` (or ``[H, W, 3]``).
+
+    Raises:
+        DataError: missing, unreadable or truncated file.
+    """
+    path = Path(path)
+    with _opened(path) as image:
+        return _unit_array(path, image, grey)
 
 
 def read_raw_image(
@@ -143,10 +157,10 @@ def read_mask(path: str | Path) -> np.ndarray:
         DataError: missing, unreadable or truncated file, or an empty mask.
     """
     path = Path(path)
-    image = _open(path)
-    if image.mode not in ("L", "1") and image.mode not in _GREY_16:
-        image = image.convert("L")
-    array = np.asarray(image)
+    with _opened(path) as image:
+        if image.mode not in ("L", "1") and image.mode not in _GREY_16:
+            image = image.convert("L")
+        array = np.asarray(image)
     top = array.max(initial=0)
     if top <= 0:
         raise DataError(path, "empty mask (no foreground pixel)")
