@@ -16,7 +16,9 @@ the patch path from the masks (``attention_average_precision``, the cost of
 reducing the masks to per-patch counts included), and the patch path from
 precomputed counts (``average_precision_patches`` alone). The upsampled
 maps are given to scikit-learn and to our pixel path ready-made; making them
-is not timed.
+is not timed. On general maps the same algorithm is also timed with
+``torch.sort`` in place of NumPy's sort (``ours_pixel_torch_sort``), the
+path other devices take.
 
 How it is measured (see DESIGN.md): the maps are split into ``--steps``
 chunks; on each chunk every variant runs once, in an order that rotates from
@@ -115,6 +117,8 @@ def variants(kind: str, chunk: dict[str, torch.Tensor]) -> dict[str, Callable[[]
         "sklearn": lambda: sklearn_loop(scores, masks),
         "ours_pixel": lambda: metrics.average_precision(scores, masks),
     }
+    if kind == "general":  # the same algorithm sorted by torch.sort instead of NumPy, for reference
+        calls["ours_pixel_torch_sort"] = lambda: metrics.average_precision(scores, masks, backend="torch")
     if kind == "attention":
         attention = chunk["attention"]
         grid = (attention.shape[1], attention.shape[2])

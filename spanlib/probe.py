@@ -234,12 +234,13 @@ def _linear_probe(
 
 
 def _binary_labels(y: ArrayLike, n: int, name: str) -> np.ndarray:
-    y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+    """Float64 ``[n]`` labels holding 0, 1 or nan (unknown)."""
+    y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y, dtype=np.float64)
     if y.shape != (n,):
         raise ValueError(f"{name} must be [{n}], got shape {y.shape}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"{name} must hold 0 and 1 only")
-    return y.astype(np.int64)
+    if not np.isin(y[~np.isnan(y)], (0.0, 1.0)).all():
+        raise ValueError(f"{name} must hold 0, 1 or nan")
+    return y
 
 
 def balanced_draws(labels: ArrayLike, size: int, draws: int, seed: int) -> np.ndarray:
@@ -292,7 +293,9 @@ def fewshot(
     of the ``n`` labelled items and scored by ROC AUC on the whole test set.
     Features are standardised with the mean and standard deviation of all of
     ``train_x`` (unlabelled statistics: a handful of labels says nothing
-    about scale).
+    about scale). Items whose label is nan take no part in the draws or the
+    AUC. A size the pool cannot fill (fewer than ``n / 2`` items of a class)
+    is skipped and listed under ``skipped`` with the reason.
 
     Two 95% intervals are reported per size:
 
@@ -304,9 +307,9 @@ def fewshot(
 
     Args:
         train_x: Pool of training features ``[N, D]``.
-        train_y: 0/1 labels of the pool ``[N]``.
+        train_y: Labels of the pool ``[N]``: 0, 1 or nan.
         test_x: Test features ``[M, D]``.
-        test_y: 0/1 test labels ``[M]`` (both classes present).
+        test_y: Test labels ``[M]``: 0, 1 or nan; both classes present.
         sizes: Labelled set sizes (even).
         draws: Draws per size.
         seed: Seed of the draws.
@@ -314,28 +317,43 @@ def fewshot(
 
     Returns:
         ``{"sizes": {n: {"mean", "sd", "ci95": [lo, hi], "spread95": [lo, hi],
-        "aucs": [...]}}, "draws", "seed", "interval": description}``.
+        "aucs": [...]}}, "skipped": {n: reason}, "draws", "seed",
+        "interval": description}``.
+
+    Raises:
+        ValueError: If the test set lacks a class, ``draws < 2``, or no size
+            can be drawn.
     """
     x_train = _features(train_x, "train_x").numpy()
     x_test = _features(test_x, "test_x").numpy()
     y_train = _binary_labels(train_y, x_train.shape[0], "train_y")
     y_test = _binary_labels(test_y, x_test.shape[0], "test_y")
-    if y_test.min() == y_test.max():
-        raise ValueError("test_y holds one class only; AUC is undefined")
     if draws < 2:
         raise ValueError(f"draws must be at least 2 for an interval, got {draws}")
     mean = x_train.mean(axis=0)
     std = np.maximum(x_train.std(axis=0), 1e-8)
     x_train = (x_train - mean) / std
     x_test = (x_test - mean) / std
+    pool = ~np.isnan(y_train)
+    x_train, y_train = x_train[pool], y_train[pool].astype(np.int64)
+    scored = ~np.isnan(y_test)
+    x_test, y_test = x_test[scored], y_test[scored].astype(np.int64)
+    if y_test.size == 0 or y_test.min() == y_test.max():
+        raise ValueError("test_y holds fewer than two classes; AUC is undefined")
 
     per_size: dict[int, dict[str, Any]] = {}
+    skipped: dict[int, str] = {}
     for size in sizes:
+        try:
+            index_sets = balanced_draws(y_train, size, draws, seed)
+        except ValueError as err:
+            skipped[int(size)] = str(err)
+            continue
         aucs = np.empty(draws)
         # tiny fits: a second BLAS thread only adds synchronisation (with torch
         # loaded it made each fit about 50x slower on the shared 2-core machines)
         with threadpool_limits(limits=1, user_api="blas"):
-            for d, rows in enumerate(balanced_draws(y_train, size, draws, seed)):
+            for d, rows in enumerate(index_sets):
                 model = LogisticRegression(C=C, max_iter=1000)
                 model.fit(x_train[rows], y_train[rows])
                 aucs[d] = 100.0 * roc_auc_score(y_test, model.decision_function(x_test))
@@ -348,8 +366,11 @@ def fewshot(
             "spread95": [float(v) for v in np.percentile(aucs, [2.5, 97.5])],
             "aucs": aucs.tolist(),
         }
+    if not per_size:
+        raise ValueError(f"no labelled-set size could be drawn: {skipped}")
     return {
         "sizes": per_size,
+        "skipped": skipped,
         "draws": draws,
         "seed": seed,
         "interval": "ci95: Student-t 95% interval of the mean AUC over draws; "

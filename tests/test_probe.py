@@ -131,3 +131,20 @@ def test_knn_multilabel_planted_signal() -> None:
     train_y[::3, 0] = np.nan
     result = probe.knn_multilabel(train_x, train_y, test_x, test_y, LABELS, k=20)
     assert result["mAUC"] > 75
+
+
+def test_fewshot_ignores_unknown_labels_and_skips_sizes_the_pool_cannot_fill() -> None:
+    rng = np.random.default_rng(12)
+    train_y = np.array([0.0] * 40 + [1.0] * 6 + [math.nan] * 10)
+    train_x = rng.normal(size=(56, 8))
+    train_x[:, 0] += 3 * np.nan_to_num(train_y)
+    test_y = np.array([0.0, 1.0] * 20 + [math.nan] * 4)
+    test_x = rng.normal(size=(44, 8))
+    test_x[:, 0] += 3 * np.nan_to_num(test_y)
+    result = probe.fewshot(train_x, train_y, test_x, test_y, sizes=(4, 8, 16), draws=5, seed=0)
+    assert set(result["sizes"]) == {4, 8}
+    assert set(result["skipped"]) == {16} and "class 1" in result["skipped"][16]
+    with pytest.raises(ValueError, match="no labelled-set size"):
+        probe.fewshot(train_x, train_y, test_x, test_y, sizes=(32,), draws=5)
+    with pytest.raises(ValueError, match="two classes"):
+        probe.fewshot(train_x, train_y, test_x, np.zeros(44), draws=5)
