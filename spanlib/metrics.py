@@ -21,11 +21,11 @@ Two implementations share that definition:
   ascending order is the scores' descending order, so a single sort of the
   keys carries the targets along and ties stay together. Scores of one sign
   (probabilities, attention) fit a 32-bit key, mixed signs a 64-bit one. On
-  CPU tensors the sort runs in NumPy (its SIMD sort is 4-8x faster than
-  ``torch.sort`` here), row by row in a small thread pool, with the row
-  buffers reused: a fresh large temporary costs a page fault per 4 KiB on
-  these machines. Other devices sort with ``torch.sort``. Both paths give
-  the same numbers.
+  CPU tensors the sort runs in NumPy (its SIMD sort was 5-10x faster than
+  ``torch.sort`` on the project's CPU machines), row by row in a small
+  thread pool, with the row buffers reused: a fresh large temporary costs a
+  page fault per 4 KiB there. Other devices sort with ``torch.sort``. Both
+  paths give the same numbers (``benchmarks/ap.md``).
 * :func:`average_precision_patches`, for a map that is a nearest-neighbour
   upsampling of a coarse grid (an attention map of a ViT): the map has at
   most ``g*g`` distinct values, so AP follows from the ``g*g`` patch scores

@@ -105,8 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="worker processes, one thread each (default: CPU count)")
     build.add_argument("--shard", default=None, help="i/n: build only every n-th sorted id from i (deformable)")
-    build.add_argument("--exemplar", default=None,
-                       help="sample id of the annotated exemplar (default: the first training sample with all masks)")
+    build.add_argument("--exemplar", default="auto",
+                       help="sample id of the annotated exemplar, or auto (default): the most typical of the first "
+                            "8 training samples with every mask")
     build.add_argument("--split", default=None, help="only samples of this split (default: all)")
     build.add_argument("--method", choices=METHODS, default="torch",
                        help="deformable registration: batched torch b-spline (default) or SimpleITK per pair")
@@ -196,8 +197,9 @@ def build_knowledge_maps(
         size: side of the stored maps.
         workers: worker processes (deformable), or torch threads (global).
         shard: ``(i, n)``: build every n-th of the sorted ids from i (deformable).
-        exemplar: exemplar sample id (deformable; default: the first training
-            sample with every mask non-empty).
+        exemplar: exemplar sample id, or ``None`` / ``"auto"``: the most
+            typical of the first 8 training samples with every mask (see
+            :func:`choose_exemplar`; a resumed build keeps its earlier choice).
         split: restrict to one split (default: all samples).
         method: ``torch`` (batched) or ``sitk`` (SimpleITK, per pair).
         fallback: a built triangular/global directory for failed images.
@@ -346,10 +348,16 @@ def _global_average(dataset: Any, organs: tuple[str, ...], size: int, config: An
     return binary, soft, summary
 
 
-def _labelled(dataset: Any, organs: tuple[str, ...], count: int) -> tuple[list, list, list[str]]:
-    """The first ``count`` training samples (sorted ids) with every mask non-empty."""
+def _labelled(dataset: Any, organs: tuple[str, ...], count: int, train_only: bool = False
+              ) -> tuple[list, list, list[str]]:
+    """The first ``count`` samples with every mask non-empty, training samples first (sorted ids).
+
+    With ``train_only``, only training samples qualify when the dataset has any.
+    """
     splits = dataset.splits()
     order = sorted(range(len(dataset)), key=lambda i: (splits[i] != "train", dataset.ids[i]))
+    if train_only and "train" in splits:
+        order = [i for i in order if splits[i] == "train"]
     images, masks, used = [], [], []
     for index in order:
         if len(used) >= count:
@@ -377,23 +385,50 @@ def _now() -> str:
 # --------------------------------------------------------------------------- deformable
 
 
-def choose_exemplar(dataset: Any, organs: tuple[str, ...], exemplar: str | None) -> tuple[str, np.ndarray, np.ndarray]:
-    """The exemplar's id, grey image and mask stack.
+def choose_exemplar(
+    dataset: Any, organs: tuple[str, ...], exemplar: str | None, config: Any = None, candidates: int = 8,
+    probes: int = 16,
+) -> tuple[str, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The exemplar's id, grey image, mask stack, and how it was chosen.
+
+    Args:
+        dataset: the dataset the maps are built for.
+        organs: mask names, in channel order.
+        exemplar: a sample id, or ``None`` / ``"auto"``: the most typical of
+            the first ``candidates`` training samples with every mask
+            (:func:`spanlib.registration.select_exemplar`, registered onto
+            ``probes`` samples spread over the sorted ids).
+        config: registration settings of the automatic choice (a
+            :class:`~spanlib.registration.RegistrationConfig`; default settings otherwise).
+        candidates: how many annotated samples compete.
+        probes: how many samples they are registered onto.
 
     Raises:
         ValueError: an unknown id, or an exemplar without every mask.
     """
-    if exemplar is None:
-        _, _, used = _labelled(dataset, organs, 1)
-        exemplar = used[0]
-    if exemplar not in dataset.ids:
-        raise ValueError(f"{dataset.root}: no sample {exemplar!r} for --exemplar")
-    sample = dataset[dataset.ids.index(exemplar)]
-    stack = np.stack([np.asarray(sample.masks[o], dtype=bool) for o in organs])
-    empty = [o for o, m in zip(organs, stack) if not m.any()]
-    if empty:
-        raise ValueError(f"{dataset.root}: exemplar {exemplar!r} has empty masks: {', '.join(empty)}")
-    return exemplar, _grey(sample.image), stack
+    from spanlib.registration import RegistrationConfig, select_exemplar
+
+    if exemplar is not None and exemplar != "auto":
+        if exemplar not in dataset.ids:
+            raise ValueError(f"{dataset.root}: no sample {exemplar!r} for --exemplar")
+        sample = dataset[dataset.ids.index(exemplar)]
+        missing = [o for o in organs if o not in sample.masks or not np.asarray(sample.masks[o]).any()]
+        if missing:
+            raise ValueError(f"{dataset.root}: exemplar {exemplar!r} has empty masks: {', '.join(missing)}")
+        stack = np.stack([np.asarray(sample.masks[o], dtype=bool) for o in organs])
+        return exemplar, _grey(sample.image), stack, {"selection": "given"}
+    images, masks, ids = _labelled(dataset, organs, candidates, train_only=True)
+    if len(ids) == 1:
+        return ids[0], images[0], masks[0], {"selection": "auto", "scores": {ids[0]: None}}
+    others = sorted(set(dataset.ids) - set(ids))
+    picked = [others[int(i)] for i in np.linspace(0, len(others) - 1, min(probes, len(others)))] if others else []
+    probe_images = [_grey(dataset[dataset.ids.index(i)].image) for i in dict.fromkeys(picked)] or images
+    if not isinstance(config, RegistrationConfig):
+        config = RegistrationConfig()
+    best, scores = select_exemplar(list(zip(images, masks)), probe_images, config)
+    info = {"selection": "auto", "probes": len(probe_images),
+            "scores": {i: round(v, 4) for i, v in zip(ids, scores)}}
+    return ids[best], images[best], masks[best], info
 
 
 def _fallback_maps(fallback: str | Path | None, organs: tuple[str, ...], size: int, exemplar_masks: np.ndarray
@@ -424,15 +459,19 @@ def _build_deformable(dataset: Any, organs: tuple[str, ...], out: Path, size: in
         config = RegistrationConfig(batch_size=batch_size) if method == "torch" else SitkConfig()
     elif method == "torch":
         config = replace(config, batch_size=batch_size)
-    exemplar_id, exemplar_image, exemplar_masks = choose_exemplar(dataset, organs, exemplar)
+    previous = _previous_auto_exemplar(out, dataset.ids) if exemplar in (None, "auto") else None
+    exemplar_id, exemplar_image, exemplar_masks, selection = choose_exemplar(dataset, organs, previous or exemplar,
+                                                                             config)
+    if previous:
+        selection = {"selection": "auto", "kept_from": MANIFEST}
     exemplar_hash = content_hash(exemplar_image, exemplar_masks)
     fallback_maps, fallback_kind = _fallback_maps(fallback, organs, size, exemplar_masks)
     params = {"method": method, "config": {k: v for k, v in config.to_dict().items() if k != "batch_size"},
               "exemplar": {"id": exemplar_id, "hash": exemplar_hash[:16]}, "fallback": fallback_kind}
     manifest = _manifest("deformable", organs, size, params, data_info)
-    _check_manifest(out, manifest, overwrite)
-    (out / MAPS_DIR).mkdir(parents=True, exist_ok=True)
-    write_json(out / MANIFEST, {**manifest, "created": _now()})
+    if not _check_manifest(out, manifest, overwrite):
+        (out / MAPS_DIR).mkdir(parents=True, exist_ok=True)
+        write_json(out / MANIFEST, {**manifest, "exemplar_selection": selection, "created": _now()})
     job = _Job(str(dataset.root), str(out), organs, size, method, exemplar_image, exemplar_masks, exemplar_hash,
                fallback_maps, manifest["params_hash"], config)
     position = {sample_id: i for i, sample_id in enumerate(dataset.ids)}
@@ -459,6 +498,19 @@ def _build_deformable(dataset: Any, organs: tuple[str, ...], out: Path, size: in
     suffix = "" if shard == (0, 1) else f"-{shard[0]}-of-{shard[1]}"
     write_json(out / f"index{suffix}.json", {r["id"]: r["key"] for r in records if r.get("key")})
     return summarise(records, workers, shard, exemplar_id, fallback_kind)
+
+
+def _previous_auto_exemplar(out: Path, ids: Sequence[str]) -> str | None:
+    """The exemplar an earlier automatic choice settled on in ``out`` (resumes and shards agree)."""
+    try:
+        manifest = read_manifest(out)
+    except MapFileError:
+        return None
+    chosen = manifest.get("params", {}).get("exemplar", {}).get("id")
+    if manifest.get("kind") == "deformable" and manifest.get("exemplar_selection", {}).get("selection") == "auto" \
+            and chosen in ids:
+        return chosen
+    return None
 
 
 _WORKER: dict[str, Any] = {}

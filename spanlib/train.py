@@ -78,6 +78,8 @@ def setup_runtime(device: str = "auto", amp: str = "auto") -> Runtime:
         dev = torch.device("cuda", local)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if amp is False or amp is None:  # YAML reads a bare `off` as false
+        amp = "off"
     if amp == "auto":
         amp = "bf16" if dev.type == "cuda" else "off"
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, "bad")

@@ -173,7 +173,7 @@ def test_deformable_end_to_end_resume_and_corruption(chest_dir: Path, tmp_path: 
     out = tmp_path / "def"
     first = build_knowledge_maps("deformable", chest_dir, out, size=32, registration_config=QUICK)
     assert first["count"] == 6 and first["built"] == 6 and first["errors"] == 0
-    assert first["exemplar"] == "chest_000000"
+    assert first["exemplar"] in {"chest_000000", "chest_000001", "chest_000002", "chest_000003"}  # auto: a train sample
     assert sum(first["methods"].values()) == 6 and "ncc_deformable" in first["quality"]
     maps = load_knowledge_maps(out)
     assert maps.kind == "deformable" and maps.organs == CHEST_ORGANS and len(maps.index) == 6

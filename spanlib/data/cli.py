@@ -3,7 +3,7 @@
 Examples::
 
     python -m spanlib data make --preset book                  # -> data/generated/book/{chest,parts,digits}
-    python -m spanlib data make --preset smoke --out /tmp/d --seed 1
+    python -m spanlib data make --preset smoke --out scratch/smoke --seed 1
     python -m spanlib data scan --reader jsrt --root ~/data/JSRT
     python -m spanlib data scan --reader chexpert --root ~/data/CheXpert-v1.0-small --csv valid.csv
 

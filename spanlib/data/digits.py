@@ -143,8 +143,8 @@ def load_digit_source(mnist_dir: str | Path | None = None) -> DigitSource:
 def pools(source: DigitSource, seed: int, config: DigitsConfig = DigitsConfig()) -> dict[str, np.ndarray]:
     """Disjoint digit indices for the train, val and test canvases (no digit is in two splits)."""
     order = np.random.default_rng([seed, STREAM, 1 << 30]).permutation(len(source.images))
-    n_test = max(1, int(round(config.test_share * len(order))))
-    n_val = max(1, int(round(config.val_share * len(order))))
+    n_test = max(1, round(config.test_share * len(order)))
+    n_val = max(1, round(config.val_share * len(order)))
     return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
 

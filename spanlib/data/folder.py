@@ -172,7 +172,9 @@ def write_sample_files(root: Path, sample: Sample, mask_names: tuple[str, ...], 
     check_sample_id(sample.id)
     sample.validate()
     if set(sample.masks) != set(mask_names):
-        raise DataError(f"sample {sample.id!r}", f"has masks {sorted(sample.masks)}, the dataset has {list(mask_names)}")
+        raise DataError(
+            f"sample {sample.id!r}", f"has masks {sorted(sample.masks)}, the dataset has {list(mask_names)}"
+        )
     for name in mask_names:
         if not sample.masks[name].any():
             raise DataError(f"sample {sample.id!r}", f"mask {name!r} is empty")
@@ -210,7 +212,9 @@ def write_index(root: Path, rows: list[list[str]], meta: Mapping[str, Any]) -> P
     return root
 
 
-def write_folder_dataset(root: str | Path, samples: Iterable[Sample], meta: Mapping[str, Any], bit_depth: int = 8) -> Path:
+def write_folder_dataset(
+    root: str | Path, samples: Iterable[Sample], meta: Mapping[str, Any], bit_depth: int = 8
+) -> Path:
     """Write samples in the folder format.
 
     Mask and label names come from ``meta`` when it lists them, otherwise

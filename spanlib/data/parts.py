@@ -76,7 +76,7 @@ def _draw_defect(
     elif kind == "burr":
         edge = outer if rng.random() < 0.6 else inner
         points = []
-        for k in range(int(rng.integers(4, 8))):
+        for _ in range(int(rng.integers(4, 8))):
             spread = scale * rng.uniform(0.01, 0.035)
             radius = edge + rng.uniform(-0.005, 0.03 * scale)
             angle = theta + rng.uniform(-spread, spread) / max(edge, 0.05)
@@ -172,7 +172,9 @@ def make_cast_part(index: int, seed: int, config: PartConfig = PartConfig(), spl
     )
     image += rng.uniform(0.05, 0.2) * highlight * part
     background = rng.uniform(0.12, 0.3) + 0.05 * (radius - 0.5)
-    image = np.where(part, image, background) * expit((smooth - 0.05) / 0.03) + background * (1 - expit((smooth - 0.05) / 0.03))
+    image = np.where(part, image, background) * expit((smooth - 0.05) / 0.03) + background * (
+        1 - expit((smooth - 0.05) / 0.03)
+    )
     if rng.random() < config.speck_rate:
         for _ in range(int(rng.integers(1, 5))):
             px, py = rng.uniform(0.02, 0.98, 2)

@@ -119,7 +119,13 @@ class ChexpertDataset(RecordDataset):
             records.append(Record(id="_".join(parts), image=base / relative, labels=labels, split=split))
         if bad:
             raise DataError(csv_path, "; ".join(bad[:20]) + (f"; ... ({len(bad)} bad cells)" if len(bad) > 20 else ""))
-        meta = {"kind": "chest", "source": "CheXpert (Stanford AIMI)", "csv": csv, "uncertain": uncertain, "blank": blank}
+        meta = {
+            "kind": "chest",
+            "source": "CheXpert (Stanford AIMI)",
+            "csv": csv,
+            "uncertain": uncertain,
+            "blank": blank,
+        }
         super().__init__(root, _nonempty(csv_path, records, "frontal rows"), (), CHEST_LABELS, meta, size)
 
 
@@ -180,9 +186,7 @@ class JsrtDataset(RecordDataset):
         for key, film in films.items():
             known = [path for (organ, k), path in masks.items() if k == key]
             home = known[0].parent.parent if known else masks_root
-            record_masks = {
-                organ: masks.get((organ, key), home / folder_of[organ] / f"{key}.gif") for organ in organs
-            }
+            record_masks = {organ: masks.get((organ, key), home / folder_of[organ] / f"{key}.gif") for organ in organs}
             split = "train" if folds.get(key) == "fold1" else "test"
             labels = {"nodule": 1.0 if key.startswith("JPCLN") else 0.0}
             records.append(Record(id=key, image=film, masks=record_masks, labels=labels, split=split))
@@ -279,9 +283,7 @@ class ShenzhenDataset(RecordDataset):
 
     reader_name = "shenzhen"
 
-    def __init__(
-        self, root: str | Path, require_masks: bool = True, size: int | tuple[int, int] | None = None
-    ) -> None:
+    def __init__(self, root: str | Path, require_masks: bool = True, size: int | tuple[int, int] | None = None) -> None:
         root = _existing_dir(root)
         masks = {path.stem[: -len("_mask")]: path for path in sorted(root.rglob("*_mask.png"))}
         films = [path for path in sorted(root.rglob("CHNCXR_*.png")) if not path.stem.endswith("_mask")]
@@ -339,7 +341,8 @@ class CastingDataset(RecordDataset):
             order = np.random.default_rng(seed).permutation(len(records))
             test = set(order[: min(test_count, len(records))].tolist())
             records = [
-                Record(r.id, r.image, r.masks, r.labels, "test" if i in test else "train") for i, r in enumerate(records)
+                Record(r.id, r.image, r.masks, r.labels, "test" if i in test else "train")
+                for i, r in enumerate(records)
             ]
         meta = {"kind": "parts", "source": 'Kaggle "casting product image data for quality inspection"'}
         super().__init__(root, records, (), ("defect",), meta, size)
