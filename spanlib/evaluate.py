@@ -10,6 +10,7 @@ frozen CLS features and the last block's CLS attention of every image once
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -168,24 +169,45 @@ def _masks(samples: Sequence, organs: Sequence[str]) -> dict[str, torch.Tensor]:
     return {o: torch.from_numpy(np.stack([samples[i].masks[o] for i in range(len(samples))])) for o in organs}
 
 
-def _labels(samples: Sequence, names: Sequence[str]) -> np.ndarray:
-    return np.array([[samples[i].labels.get(n, math.nan) for n in names] for i in range(len(samples))], dtype=float)
+def _labels(samples: Any, names: Sequence[str]) -> np.ndarray:
+    """Label matrix from the index (no image is read)."""
+    return np.array([[r.labels.get(n, math.nan) for n in names] for r in samples.records], dtype=float)
 
 
-def evaluate(kind: str, run: str | Path, data: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Evaluate one run on a dataset folder and write the JSON beside the run."""
-    from spanlib.data import FolderDataset
+def split_of(dataset: Any, split: str) -> Any:
+    """The records of one split of any :mod:`spanlib.data` reader, same reader."""
+    sub = copy.copy(dataset)
+    sub.records = [r for r in dataset.records if r.split == split]
+    sub.ids = [r.id for r in sub.records]
+    return sub
+
+
+def evaluate(kind: str, run: str | Path, data: str | Path, seed: int = 0, reader: str = "folder", **options: Any) -> dict[str, Any]:
+    """Evaluate one run on a dataset and write the JSON beside the run.
+
+    Args:
+        kind: one of :data:`KINDS`.
+        run: a run directory with ``checkpoint.pt``.
+        data: the dataset root.
+        seed: seed of the probes.
+        reader: a reader of :data:`spanlib.data.READERS` (``folder`` for the
+            generated data; ``jsrt``, ``montgomery``, ``chexpert``, ``casting``...
+            for real sets).
+        **options: the reader's options (``size``, ``uncertain``, ...).
+    """
+    from spanlib.data import open_dataset
     from spanlib import probe
 
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose from {KINDS}")
     cfg, _, info = load_backbone(run)
     data = Path(data)
-    split = {s: FolderDataset(data, split=s) for s in ("train", "val", "test")}
+    whole = open_dataset(reader, data, **options)
+    split = {s: split_of(whole, s) for s in ("train", "val", "test")}
     result: dict[str, Any] = {"kind": kind, "run": str(run), "data": str(data), "regimen": cfg.regimen,
                               "step": info["step"], "synthetic": bool(split["test"].meta.get("synthetic", False))}
     if kind == "attention":
-        organs = [o for o in split["test"].mask_names]
+        organs = list(split["test"].mask_names)
         val, test = split["val"], split["test"]
         choice = None
         if not cfg.span.assigned_heads and len(val):
@@ -215,10 +237,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--run", required=True, help="a run directory with checkpoint.pt")
     parser.add_argument("--data", required=True, help="a dataset folder (train/val/test splits)")
+    parser.add_argument("--reader", default="folder", help="dataset reader: folder, jsrt, montgomery, shenzhen, chexpert, casting")
+    parser.add_argument("--size", type=int, help="resize images and masks to SIZE x SIZE when reading")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate(args.kind, args.run, args.data, args.seed)
+    options = {"size": args.size} if args.size else {}
+    result = evaluate(args.kind, args.run, args.data, args.seed, reader=args.reader, **options)
     print(json.dumps({k: v for k, v in result.items() if k in ("kind", "run", "regimen", "mAUC", "organs")}, default=str)[:2000])
     return 0

@@ -11,15 +11,19 @@ the warped masks against the phantoms' ground truth (Dice at the films'
 scores the triangular heuristic and the global average of a small
 segmentation network on the same phantoms.
 
-The timed region of each variant is the registration work only: worker
-processes are started and warmed up before the first round (a real build
-pays that once, a few seconds, for thousands of images).
+The exemplar is chosen as the CLI does (:func:`spanlib.registration.select_exemplar`
+over ``--candidates`` annotated phantoms). The timed region of each variant
+is the registration work only: worker processes are started and warmed up
+before the first round (a real build pays that once, a few seconds, for
+thousands of images). Besides maps per wall-clock second, the workers' CPU
+time per map is reported: on shared cores it is the steadier number.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -71,27 +75,31 @@ def _overall(scores: dict[str, list[float]]) -> float:
 _STATE: dict[str, Any] = {}
 
 
-def _init(exemplar: np.ndarray, masks: np.ndarray, fallback: np.ndarray, threads: int) -> None:
+def _init(exemplar: np.ndarray, masks: np.ndarray, fallback: np.ndarray) -> None:
     import SimpleITK as sitk
     import torch
 
-    torch.set_num_threads(threads)
-    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(threads)
+    torch.set_num_threads(1)
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
     _STATE.update(exemplar=exemplar, masks=masks, fallback=fallback)
 
 
-def _torch_task(args: tuple[list[np.ndarray], RegistrationConfig]) -> list[RegistrationResult]:
+def _torch_task(args: tuple[list[np.ndarray], RegistrationConfig]) -> tuple[list[RegistrationResult], float]:
     from spanlib.registration import register_batch
 
     images, config = args
-    return register_batch(images, _STATE["exemplar"], _STATE["masks"], _STATE["fallback"], config)
+    start = time.process_time()
+    results = register_batch(images, _STATE["exemplar"], _STATE["masks"], _STATE["fallback"], config)
+    return results, time.process_time() - start
 
 
-def _sitk_task(args: tuple[list[np.ndarray], SitkConfig]) -> list[RegistrationResult]:
+def _sitk_task(args: tuple[list[np.ndarray], SitkConfig]) -> tuple[list[RegistrationResult], float]:
     from spanlib.registration import register_pair_sitk
 
     images, config = args
-    return [register_pair_sitk(im, _STATE["exemplar"], _STATE["masks"], _STATE["fallback"], config) for im in images]
+    start = time.process_time()
+    results = [register_pair_sitk(im, _STATE["exemplar"], _STATE["masks"], _STATE["fallback"], config) for im in images]
+    return results, time.process_time() - start
 
 
 def _chunks(items: Sequence[np.ndarray], size: int) -> list[list[np.ndarray]]:
@@ -99,10 +107,33 @@ def _chunks(items: Sequence[np.ndarray], size: int) -> list[list[np.ndarray]]:
 
 
 def _timed(pool: ProcessPoolExecutor, task: Callable, images: Sequence[np.ndarray], config: Any, chunk: int
-           ) -> tuple[list[RegistrationResult], float]:
+           ) -> tuple[list[RegistrationResult], float, float]:
+    """Results, wall seconds, and worker CPU seconds of one variant."""
     start = time.perf_counter()
-    results = [r for done in pool.map(task, [(c, config) for c in _chunks(images, chunk)]) for r in done]
-    return results, time.perf_counter() - start
+    done = list(pool.map(task, [(c, config) for c in _chunks(images, chunk)]))
+    wall = time.perf_counter() - start
+    return [r for results, _ in done for r in results], wall, sum(cpu for _, cpu in done)
+
+
+class _Variant:
+    """Speeds of one variant over rounds: maps per wall second, worker CPU ms per map."""
+
+    def __init__(self) -> None:
+        self.maps_per_s: list[float] = []
+        self.cpu_ms: list[float] = []
+        self.results: list[RegistrationResult] = []
+
+    def add(self, results: list[RegistrationResult], wall: float, cpu: float, keep: bool) -> str:
+        self.maps_per_s.append(len(results) / wall)
+        self.cpu_ms.append(1000.0 * cpu / len(results))
+        self.results = self.results + results if keep else results
+        return f"{self.maps_per_s[-1]:.2f} maps/s, {self.cpu_ms[-1]:.0f} CPU ms/map"
+
+    def summary(self) -> dict[str, Any]:
+        return {"maps_per_s": round(float(np.median(self.maps_per_s)), 3),
+                "cpu_ms_per_map": round(float(np.median(self.cpu_ms)), 1),
+                "maps_per_s_rounds": [round(x, 3) for x in self.maps_per_s],
+                "cpu_ms_per_map_rounds": [round(x, 1) for x in self.cpu_ms]}
 
 
 # --------------------------------------------------------------------------- main
@@ -116,112 +147,111 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (speeds: median over rounds)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes, one thread each")
     parser.add_argument("--image-size", type=int, default=256, help="phantom size (the book's films: 256)")
-    parser.add_argument("--map-size", type=int, default=256, help="size the masks are warped to (Dice is scored "
-                                                                   "at the phantom size)")
+    parser.add_argument("--map-size", type=int, default=256,
+                        help="size the masks are warped to (Dice is scored at the phantom size)")
     parser.add_argument("--chunk", type=int, default=16, help="images per batch of the fast method")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--exemplar-index", type=int, default=10_000, help="phantom index of the exemplar")
-    parser.add_argument("--variants", default="threads,sitk64",
-                        help="extra variants, comma-separated: threads (1 process x N threads), "
+    parser.add_argument("--candidates", type=int, default=8,
+                        help="annotated phantoms competing to be the exemplar (1: take the first)")
+    parser.add_argument("--variants", default="one_worker,sitk64",
+                        help="extra variants, comma-separated: one_worker (the fast method in one process), "
                              "sitk64 (SimpleITK at 64 px); empty for none")
     parser.add_argument("--no-global", action="store_true", help="skip the global-average template")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     variants = {v for v in args.variants.split(",") if v}
-    unknown = variants - {"threads", "sitk64"}
+    unknown = variants - {"one_worker", "sitk64"}
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
 
+    from spanlib.registration import select_exemplar
     from spanlib.templates import triangular_maps
 
     def log(text: str) -> None:
         if not args.json:
             print(text, flush=True)
 
-    ex_images, ex_masks = phantoms([args.exemplar_index], args.seed, args.image_size)
-    exemplar, masks = ex_images[0], ex_masks[0]
     n_ref_total = args.ref_n * args.rounds
     images, truths = phantoms(range(max(args.n, n_ref_total)), args.seed, args.image_size)
     fast_images, fast_truths = images[: args.n], truths[: args.n]
-    fallback = triangular_maps(args.map_size, args.map_size)
     fast_config = RegistrationConfig()
+    cand_images, cand_masks = phantoms(range(10_000, 10_000 + args.candidates), args.seed, args.image_size)
+    start = time.perf_counter()
+    best, scores = select_exemplar(list(zip(cand_images, cand_masks)), fast_images[:16], fast_config) \
+        if args.candidates > 1 else (0, [math.nan])
+    selection_s = time.perf_counter() - start
+    exemplar, masks = cand_images[best], cand_masks[best]
+    log(f"exemplar: phantom {10_000 + best} of {args.candidates} candidates ({selection_s:.1f} s)")
+    fallback = triangular_maps(args.map_size, args.map_size)
     ref_config = SitkConfig()
     low_config = SitkConfig(size=64, shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0))
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["spanlib.registration"])
-    timings: dict[str, list[float]] = {"fast": [], "reference": []}
-    results: dict[str, list[RegistrationResult]] = {}
-    ref_results: list[RegistrationResult] = []
-    low_results: list[RegistrationResult] = []
+    runs = {name: _Variant() for name in ("fast", "reference", *sorted(variants))}
     per_image = max(1, min(args.chunk, -(-args.n // args.workers)))
     init = (exemplar, masks, fallback)
-    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init, initargs=(*init, 1)) as pool, \
-            ProcessPoolExecutor(1, mp_context=context, initializer=_init, initargs=(*init, args.workers)) as threaded:
+    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init, initargs=init) as pool, \
+            ProcessPoolExecutor(1, mp_context=context, initializer=_init, initargs=init) as single:
         warm = [(fast_images[:2], replace(fast_config, bspline_levels=((32, 4, 2),), affine_levels=((32, 2),)))]
         list(pool.map(_torch_task, warm * args.workers))
-        if "threads" in variants:
-            list(threaded.map(_torch_task, warm))
+        list(single.map(_torch_task, warm))
         for round_ in range(args.rounds):
-            results["fast"], seconds = _timed(pool, _torch_task, fast_images, fast_config, per_image)
-            timings["fast"].append(args.n / seconds)
-            log(f"round {round_}: fast {args.n / seconds:.1f} maps/s")
-            if "threads" in variants:
-                results["threads"], seconds = _timed(threaded, _torch_task, fast_images, fast_config, args.n)
-                timings.setdefault("threads", []).append(args.n / seconds)
-                log(f"round {round_}: 1 process x {args.workers} threads {args.n / seconds:.1f} maps/s")
+            log(f"round {round_}: fast " + runs["fast"].add(
+                *_timed(pool, _torch_task, fast_images, fast_config, per_image), keep=False))
+            if "one_worker" in variants:
+                log(f"round {round_}: fast, one worker " + runs["one_worker"].add(
+                    *_timed(single, _torch_task, fast_images, fast_config, args.chunk), keep=False))
             ref_slice = images[round_ * args.ref_n : (round_ + 1) * args.ref_n]
-            done, seconds = _timed(pool, _sitk_task, ref_slice, ref_config, 1)
-            ref_results += done
-            timings["reference"].append(len(ref_slice) / seconds)
-            log(f"round {round_}: SimpleITK 256 px {len(ref_slice) / seconds:.2f} maps/s")
+            log(f"round {round_}: SimpleITK 256 px " + runs["reference"].add(
+                *_timed(pool, _sitk_task, ref_slice, ref_config, 1), keep=True))
             if "sitk64" in variants:
-                done, seconds = _timed(pool, _sitk_task, ref_slice, low_config, 1)
-                low_results += done
-                timings.setdefault("sitk64", []).append(len(ref_slice) / seconds)
-                log(f"round {round_}: SimpleITK 64 px {len(ref_slice) / seconds:.2f} maps/s")
+                log(f"round {round_}: SimpleITK 64 px " + runs["sitk64"].add(
+                    *_timed(pool, _sitk_task, ref_slice, low_config, 1), keep=True))
 
     ref_truths = truths[:n_ref_total]
-    fast_scores = dice_per_organ([r.maps for r in results["fast"]], fast_truths)
-    fast_on_ref = dice_per_organ([r.maps for r in results["fast"][:n_ref_total]], ref_truths) \
+    fast_scores = dice_per_organ([r.maps for r in runs["fast"].results], fast_truths)
+    fast_on_ref = dice_per_organ([r.maps for r in runs["fast"].results[:n_ref_total]], ref_truths) \
         if args.n >= n_ref_total else None
-    ref_scores = dice_per_organ([r.maps for r in ref_results], ref_truths)
+    ref_scores = dice_per_organ([r.maps for r in runs["reference"].results], ref_truths)
     tri_scores = dice_per_organ([triangular_maps(args.map_size, args.map_size)] * args.n, fast_truths)
-    median = {k: float(np.median(v)) for k, v in timings.items()}
+    fast, ref = runs["fast"].summary(), runs["reference"].summary()
     report: dict[str, Any] = {
         "date": date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "load_average_1min": round(os.getloadavg()[0], 2)},
         "workers": args.workers, "threads_per_worker": 1, "rounds": args.rounds,
-        "n": args.n, "reference_n": len(ref_results), "image_size": args.image_size, "map_size": args.map_size,
-        "maps_per_s": round(median["fast"], 2),
+        "n": args.n, "reference_n": n_ref_total, "image_size": args.image_size, "map_size": args.map_size,
+        "exemplar": {"phantom": 10_000 + best, "candidates": args.candidates, "selection_s": round(selection_s, 2),
+                     "scores": [round(x, 4) for x in scores]},
+        "maps_per_s": fast["maps_per_s"],
         "dice_mean": _overall(fast_scores),
         "dice_per_organ": _means(fast_scores),
         "dice_mean_on_reference_images": _overall(fast_on_ref) if fast_on_ref else None,
-        "reference_maps_per_s": round(median["reference"], 3),
+        "reference_maps_per_s": ref["maps_per_s"],
         "reference_dice_mean": _overall(ref_scores),
         "reference_dice_per_organ": _means(ref_scores),
-        "speedup": round(median["fast"] / median["reference"], 1),
+        "speedup": round(fast["maps_per_s"] / ref["maps_per_s"], 1),
+        "cpu_ms_per_map": fast["cpu_ms_per_map"],
+        "reference_cpu_ms_per_map": ref["cpu_ms_per_map"],
+        "cpu_speedup": round(ref["cpu_ms_per_map"] / fast["cpu_ms_per_map"], 1),
         "dice_gap_vs_reference": round(_overall(ref_scores) - _overall(fast_scores), 4),
-        "methods": {name: _count_methods(res) for name, res in
-                    (("fast", results["fast"]), ("reference", ref_results), ("sitk64", low_results)) if res},
-        "maps_per_s_rounds": {k: [round(x, 3) for x in v] for k, v in timings.items()},
+        "methods": {name: _count_methods(run.results) for name, run in runs.items()},
+        "variants": {name: run.summary() for name, run in runs.items()},
         "triangular_dice": _means(tri_scores),
         "deformable_dice": _means(fast_scores),
         "config": {"fast": fast_config.to_dict(), "reference": ref_config.to_dict(),
-                   **({"sitk64": low_config.to_dict()} if low_results else {})},
+                   **({"sitk64": low_config.to_dict()} if "sitk64" in variants else {})},
     }
-    if "threads" in variants:
-        report["threads_variant_maps_per_s"] = round(median["threads"], 2)
-    if low_results:
-        low_scores = dice_per_organ([r.maps for r in low_results], ref_truths)
-        report["sitk64_maps_per_s"] = round(median["sitk64"], 3)
-        report["sitk64_dice_mean"] = _overall(low_scores)
+    if "sitk64" in variants:
+        report["sitk64_dice_mean"] = _overall(dice_per_organ([r.maps for r in runs["sitk64"].results], ref_truths))
     if not args.no_global:
         report["global_dice"], report["global_info"] = _global_dice(args, fast_images, fast_truths)
     if args.json:
         print(json.dumps(report))
     else:
         for key in ("maps_per_s", "dice_mean", "reference_maps_per_s", "reference_dice_mean", "speedup",
-                    "triangular_dice", "global_dice", "deformable_dice"):
+                    "cpu_ms_per_map", "reference_cpu_ms_per_map", "cpu_speedup", "triangular_dice", "global_dice",
+                    "deformable_dice"):
             if key in report:
                 print(f"{key}: {report[key]}")
     return 0
@@ -239,15 +269,16 @@ def _global_dice(args: argparse.Namespace, images: Sequence[np.ndarray], truths:
     """Train the segmenter on separate phantoms, average over ``images``, score the average."""
     import torch
 
+    from spanlib.registration import single_thread
     from spanlib.segmentation import SegConfig, predict_probabilities, train_segmenter
     from spanlib.templates import resize_nearest
 
-    torch.set_num_threads(args.workers)
     config = SegConfig()
     train_images, train_masks = phantoms(range(20_000, 20_000 + config.n_train), args.seed, args.image_size)
     start = time.perf_counter()
-    model, info = train_segmenter(train_images, train_masks, config, device=torch.device("cpu"))
-    soft = predict_probabilities(model, list(images), config, device=torch.device("cpu")).mean(axis=0)
+    with single_thread():
+        model, info = train_segmenter(train_images, train_masks, config, device=torch.device("cpu"))
+        soft = predict_probabilities(model, list(images), config, device=torch.device("cpu")).mean(axis=0)
     seconds = time.perf_counter() - start
     binary = resize_nearest(soft >= config.threshold, args.map_size, args.map_size)
     return _means(dice_per_organ([binary] * len(images), truths)), {

@@ -195,7 +195,8 @@ def build_knowledge_maps(
         data: dataset folder in the spanlib folder format.
         out: output directory.
         size: side of the stored maps.
-        workers: worker processes (deformable), or torch threads (global).
+        workers: worker processes (deformable; the global average runs in
+            this process, single-threaded).
         shard: ``(i, n)``: build every n-th of the sorted ids from i (deformable).
         exemplar: exemplar sample id, or ``None`` / ``"auto"``: the most
             typical of the first 8 training samples with every mask (see
@@ -247,7 +248,7 @@ def build_knowledge_maps(
         params = {"segmentation": seg_config.to_dict(), "ids_hash": params_hash({"ids": sorted(dataset.ids)})}
         manifest = _manifest(kind, organs, size, params, data_info)
         report = _build_template(out, manifest, overwrite,
-                                 lambda: _global_average(dataset, organs, size, seg_config, out, workers, progress))
+                                 lambda: _global_average(dataset, organs, size, seg_config, out, progress))
     else:
         report = _build_deformable(dataset, organs, out, size, workers, shard, exemplar, method, fallback,
                                    batch_size, overwrite, progress, registration_config, data_info)
@@ -307,18 +308,17 @@ def _build_template(out: Path, manifest: dict[str, Any], overwrite: bool, make: 
     return {"kind": manifest["kind"], "count": 1, "built": 1, "cached": 0, "failures": [], **info}
 
 
-def _global_average(dataset: Any, organs: tuple[str, ...], size: int, config: Any, out: Path, threads: int,
-                    progress: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _global_average(dataset: Any, organs: tuple[str, ...], size: int, config: Any, out: Path, progress: bool
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Train (or reload) the segmenter, average its probabilities over the dataset."""
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
 
+    from spanlib.registration import single_thread
     from spanlib.segmentation import load_segmenter, predict_probabilities, save_segmenter, train_segmenter
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    try:
+    with single_thread():  # small convolutions: a second intra-op thread only adds waiting (see single_thread)
         checkpoint = out / "segmenter.pt"
         digest = params_hash({"config": config.to_dict(), "organs": organs})
         model = None
@@ -330,18 +330,16 @@ def _global_average(dataset: Any, organs: tuple[str, ...], size: int, config: An
                 model = None
         if model is None:
             images, masks, used = _labelled(dataset, organs, config.n_train)
-            model, info = train_segmenter(images, masks, config, device=torch.device("cpu"))
+            model, info = train_segmenter(images, masks, config)
             info = {**info, "digest": digest, "train_ids": used}
             save_segmenter(checkpoint, model, config, organs, info)
         total = np.zeros((len(organs), config.size, config.size), dtype=np.float64)
         batch = 64
         for start in tqdm(range(0, len(dataset), batch), disable=not progress, desc="global average", unit="batch"):
             images = [np.asarray(s.image) for s in dataset[start : start + batch]]
-            total += predict_probabilities(model, images, config, device=torch.device("cpu")).sum(axis=0)
+            total += predict_probabilities(model, images, config).sum(axis=0)
         soft = torch.from_numpy((total / max(len(dataset), 1)).astype(np.float32))[None]
         soft = F.interpolate(soft, size=(size, size), mode="bilinear", align_corners=False)[0].clamp(0, 1).numpy()
-    finally:
-        torch.set_num_threads(previous)
     binary = soft >= config.threshold
     summary = {"train_dice": round(float(info["train_dice"]), 4), "train_images": len(info["train_ids"]),
                "averaged_images": len(dataset)}
