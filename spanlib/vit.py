@@ -107,14 +107,18 @@ def patch_grid(model: VisionTransformer, height: int, width: int) -> tuple[int, 
 
 
 class AttentionProbe:
-    """Captures the last block's qkv projection during a normal forward pass.
+    """Captures one block's qkv projection during a normal forward pass.
 
     Use as a context manager around the forward, then call :meth:`attention`.
+
+    Args:
+        model: the ViT.
+        block: which block to read (default: the last, as SPAN does).
     """
 
-    def __init__(self, model: VisionTransformer):
+    def __init__(self, model: VisionTransformer, block: int = -1):
         self.model = model
-        self.attn = model.blocks[-1].attn
+        self.attn = model.blocks[block].attn
         self._qkv: torch.Tensor | None = None
         self._handle = None
 
@@ -152,36 +156,39 @@ class AttentionProbe:
         return weights.reshape(batch, attn.num_heads, gh, gw)
 
 
-def forward_with_attention(model: VisionTransformer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_with_attention(
+    model: VisionTransformer, images: torch.Tensor, block: int = -1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass returning the pooled features and the CLS attention.
 
     Returns:
-        ``(features [B, D], attention [B, heads, gh, gw])``.
+        ``(features [B, D], attention [B, heads, gh, gw])`` of ``block``.
     """
-    with AttentionProbe(model) as probe:
+    with AttentionProbe(model, block) as probe:
         features = model(images)
     return features, probe.attention(patch_grid(model, *images.shape[-2:]))
 
 
-def cls_attention(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """Last block's CLS-query attention over patches, per head.
+def cls_attention(model: VisionTransformer, images: torch.Tensor, block: int = -1) -> torch.Tensor:
+    """A block's CLS-query attention over patches, per head (the last by default).
 
     Args:
         model: a timm ViT.
         images: ``[B, C, H, W]``.
+        block: index into ``model.blocks``.
 
     Returns:
         ``[B, heads, H / patch, W / patch]``, differentiable; CLS-to-CLS (and
         any register tokens) excluded, so a head's row sums to one minus its
         attention to the prefix tokens.
     """
-    return forward_with_attention(model, images)[1]
+    return forward_with_attention(model, images, block)[1]
 
 
 @contextmanager
-def explicit_attention(model: VisionTransformer) -> Iterator[list[torch.Tensor]]:
-    """Reference path for tests: unfuse the last block and record its softmax matrix."""
-    attn = model.blocks[-1].attn
+def explicit_attention(model: VisionTransformer, block: int = -1) -> Iterator[list[torch.Tensor]]:
+    """Reference path for tests: unfuse one block and record its softmax matrix."""
+    attn = model.blocks[block].attn
     saved = attn.fused_attn
     captured: list[torch.Tensor] = []
     handle = attn.attn_drop.register_forward_hook(lambda m, i, o: captured.append(o))

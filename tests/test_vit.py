@@ -66,3 +66,12 @@ def test_load_pretrained_errors_name_the_file(tiny_model_cfg, tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 3)}, other)
     with pytest.raises(ValueError, match="other.pth"):
         load_pretrained(model, other)
+
+
+def test_probe_reads_any_block(tiny_model_cfg):
+    model = build_vit(tiny_model_cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with explicit_attention(model, block=0) as captured:
+        model(x)
+    ref = captured[0][:, :, 0, 1:].reshape(2, 6, 4, 4)
+    torch.testing.assert_close(cls_attention(model, x, block=0), ref, atol=1e-5, rtol=0)
