@@ -29,3 +29,131 @@ def data_dir(preset: str, kind: str = "chest") -> Path:
 def runs_dir(preset: str) -> Path:
     """Runs of a preset: ``runs/<preset>``."""
     return project_root() / "runs" / preset
+
+
+def record(results_path: str | Path | None, **values: object) -> None:
+    """Record named results of a notebook run for a sweep's table.
+
+    A notebook's parameters cell has ``results_path = ""``; a sweep sets it,
+    and the values recorded here land in that JSON file (merged with what
+    was recorded before). With an empty path this does nothing.
+    """
+    if not results_path:
+        return
+    import json
+
+    path = Path(results_path)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+class RunHandle:
+    """A finished pretraining run: where it is, its config, its summary."""
+
+    def __init__(self, path: Path, root: Path):
+        import json
+
+        from spanlib.config import load_config
+
+        self.path = path
+        self.root = root
+        self.config = load_config(path / "config.yaml")
+        done = path / "done.json"
+        self.summary = json.loads(done.read_text()) if done.exists() else {}
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.path})"
+
+
+def _absolute(path: str | None, root: Path) -> str | None:
+    if path is None or path in ("triangular", "masks"):
+        return path
+    p = Path(path)
+    return str(p if p.is_absolute() else root / p)
+
+
+def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None) -> Path:
+    """Build knowledge maps with ``python -m spanlib templates build`` unless built."""
+    if (out / "manifest.json").is_file() and (out / "report.json").is_file():
+        return out
+    from spanlib.cli import main
+
+    argv = ["templates", "build", "--kind", kind, "--data", str(data), "--out", str(out)]
+    if workers:
+        argv += ["--workers", str(workers)]
+    if main(argv) != 0:
+        raise RuntimeError(f"{out}: building {kind} knowledge maps failed")
+    return out
+
+
+def run_dir(
+    preset: str,
+    regimen: str,
+    seed: int = 0,
+    lambda_span: float | None = None,
+    epochs: int | None = None,
+    dataset: str = "chest",
+) -> Path:
+    """Where a run of the book lives.
+
+    ``runs/<preset>/<regimen>/seed<seed>[-lambda..][-epochs..]`` for chest
+    films, ``runs/<preset>/<dataset>/<regimen>/...`` for another dataset.
+    """
+    name = f"seed{seed}"
+    if lambda_span is not None:
+        name += f"-lambda{lambda_span:g}"
+    if epochs is not None:
+        name += f"-epochs{epochs}"
+    base = runs_dir(preset) if dataset == "chest" else runs_dir(preset) / dataset
+    return base / regimen / name
+
+
+def ensure_pretrained(
+    preset: str,
+    regimen: str,
+    seed: int = 0,
+    lambda_span: float | None = None,
+    epochs: int | None = None,
+    dataset: str = "chest",
+) -> RunHandle:
+    """Make sure data, knowledge maps and the run exist; train what is missing.
+
+    Every step is cached on disk: the data by its generator settings, the
+    maps by the templates builder's cache, the run by its ``done.json``. A
+    run directory whose saved configuration differs from the one asked for
+    is trained again from scratch.
+    """
+    import shutil
+
+    from spanlib.config import resolve
+    from spanlib.data import make_default_data
+    from spanlib.train import pretrain
+
+    root = project_root()
+    paths = make_default_data(preset, root / "data" / "generated" / preset, seed=0)
+    overrides: dict[str, object] = {"run.seed": seed, "run.data": str(paths[dataset])}
+    if lambda_span is not None:
+        overrides["span.lambda_inclusion"] = lambda_span
+        overrides["span.lambda_exclusion"] = lambda_span
+    if epochs is not None:
+        overrides["optim.epochs"] = epochs
+    cfg = resolve(preset, regimen, overrides, dataset=dataset)
+    maps = cfg.span.knowledge_maps
+    if cfg.span.assigned_heads and maps not in (None, "triangular", "masks"):
+        target = Path(_absolute(maps, root))
+        kind = target.name
+        if dataset != "chest":
+            target = target.with_name(f"{dataset}-{kind}")
+        ensure_maps(kind, paths[dataset], target)
+        cfg = cfg.replace(**{"span.knowledge_maps": str(target)})
+    out = run_dir(preset, regimen, seed, lambda_span, epochs, dataset)
+    if (out / "config.yaml").exists():
+        from spanlib.config import load_config
+
+        if load_config(out / "config.yaml") != cfg:
+            print(f"{out}: configuration changed since this run was made; training it again")
+            shutil.rmtree(out)
+    pretrain(cfg, out, resume=True)
+    return RunHandle(out, root)

@@ -234,20 +234,31 @@ def load_preset(name: str) -> dict[str, Any]:
     return data
 
 
-def resolve(preset: str, regimen: str, overrides: dict[str, Any] | None = None) -> Config:
-    """The configuration of one run: preset base, then regimen, then overrides.
+def resolve(preset: str, regimen: str, overrides: dict[str, Any] | None = None, dataset: str = "chest") -> Config:
+    """The configuration of one run: preset base, regimen, dataset, then overrides.
 
     Args:
         preset: ``smoke``, ``book`` or ``paper`` (or any file in ``spanlib/presets``).
         regimen: one of :data:`REGIMENS`.
         overrides: dotted keys, e.g. ``{"optim.epochs": 2, "run.seed": 1}``.
+        dataset: ``chest`` (the default) or another entry of the preset's
+            ``datasets`` mapping (e.g. ``parts``: its data and part regions).
     """
     if regimen not in REGIMENS:
         raise ValueError(f"unknown regimen {regimen!r}; choose from {REGIMENS}")
     data = load_preset(preset)
     merged = merge(data["base"], (data.get("regimens") or {}).get(regimen, {}))
+    if dataset != "chest":
+        datasets = data.get("datasets") or {}
+        if dataset not in datasets:
+            raise ValueError(f"preset {preset!r} has no dataset {dataset!r}; it has {['chest', *datasets]}")
+        extra = dict(datasets[dataset])
+        heads = extra.pop("assigned_heads", None)
+        merged = merge(merged, extra)
+        if heads is not None and merged.get("span", {}).get("assigned_heads"):
+            merged["span"] = {**merged["span"], "assigned_heads": heads}
     merged = merge(merged, unflatten(overrides or {}))
-    merged.setdefault("name", f"{preset}-{regimen}")
+    merged.setdefault("name", f"{preset}-{regimen}" + ("" if dataset == "chest" else f"-{dataset}"))
     merged["regimen"] = regimen
     return Config.from_dict(merged)
 

@@ -1,0 +1,163 @@
+"""Sweeps: one notebook, a grid of parameters, executed through papermill.
+
+``python -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book
+--param regimen=dino,span_triangular --param seed=0,1 --param lambda_span=1,10``
+runs every combination, writes each executed notebook and a results table
+(``results.csv`` and ``results.md``) under ``--out``, and goes on past a
+failing cell, recording the failure in the table. A combination whose
+executed notebook and results already exist for the same notebook source and
+parameters is skipped, so a rerun with nothing changed costs seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
+    """``["seed=0,1", "regimen=dino"]`` -> ``{"seed": [0, 1], "regimen": ["dino"]}``."""
+    grid: dict[str, list[Any]] = {}
+    for spec in specs:
+        if "=" not in spec:
+            raise ValueError(f"--param {spec!r} is not of the form name=v1,v2,...")
+        name, values = spec.split("=", 1)
+        parsed = []
+        for v in values.split(","):
+            value = yaml.safe_load(v)
+            if isinstance(value, str):
+                try:
+                    value = float(value)  # YAML 1.1 reads 1e-3 as a string
+                except ValueError:
+                    pass
+            parsed.append(value)
+        grid[name.strip()] = parsed
+    return grid
+
+
+def combinations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def combo_name(params: dict[str, Any]) -> str:
+    """A file-safe name for one combination, e.g. ``regimen-dino_seed-0``."""
+    parts = []
+    for key, value in params.items():
+        text = str(value).replace("/", "-").replace(" ", "")
+        parts.append(f"{key}-{text}")
+    return "_".join(parts) or "default"
+
+
+def _fingerprint(source: str, params: dict[str, Any]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    h.update(source.encode())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def run_one(notebook: Path, params: dict[str, Any], out_dir: Path, name: str, timeout: int | None = None) -> dict[str, Any]:
+    """Execute one combination; never raises for a failing cell."""
+    import jupytext
+    import nbformat
+    import papermill
+
+    source = notebook.read_text()
+    results = out_dir / f"{name}.json"
+    executed = out_dir / f"{name}.ipynb"
+    stamp = out_dir / f"{name}.done"
+    fingerprint = _fingerprint(source, params)
+    if stamp.exists() and stamp.read_text().strip() == fingerprint and results.exists() and executed.exists():
+        return {"name": name, **params, "status": "cached", **json.loads(results.read_text())}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (results, stamp):
+        stale.unlink(missing_ok=True)
+    staged = out_dir / f"{name}.input.ipynb"
+    nbformat.write(jupytext.read(notebook), staged)
+    start = time.perf_counter()
+    row: dict[str, Any] = {"name": name, **params}
+    try:
+        papermill.execute_notebook(
+            str(staged),
+            str(executed),
+            parameters={**params, "results_path": str(results.resolve())},
+            cwd=str(notebook.parent),
+            kernel_name="python3",
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
+        row["status"] = "ok"
+        stamp.write_text(fingerprint + "\n")
+    except papermill.PapermillExecutionError as exc:
+        row.update(status="failed", error=f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"[:500])
+    except Exception as exc:  # noqa: BLE001 - a broken combination must not stop the sweep
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
+    finally:
+        staged.unlink(missing_ok=True)
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    if results.exists():
+        row.update(json.loads(results.read_text()))
+    return row
+
+
+def sweep(
+    notebook: str | Path,
+    grid: dict[str, list[Any]],
+    out: str | Path,
+    fixed: dict[str, Any] | None = None,
+    timeout: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run every combination of ``grid`` (plus ``fixed`` parameters); write the table.
+
+    Returns:
+        One row per combination: its parameters, ``status`` (``ok``,
+        ``cached`` or ``failed`` with ``error``), seconds, and whatever the
+        notebook recorded with :func:`spanlib.book.record`.
+    """
+    import pandas as pd
+
+    notebook, out = Path(notebook).resolve(), Path(out)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"{notebook}: notebook not found")
+    rows = []
+    for combo in combinations(grid):
+        params = {**(fixed or {}), **combo}
+        row = run_one(notebook, params, out, combo_name(combo), timeout)
+        print(f"{row['name']}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""), flush=True)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    return rows
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--notebook", default="notebooks/03_pretraining.md", help="a text (MyST) notebook")
+    parser.add_argument("--preset", default="book", help="passed to the notebook as `preset`")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2", help="a grid axis")
+    parser.add_argument("--out", help="where executed notebooks and the table go (default runs/<preset>/sweeps/<notebook>)")
+    parser.add_argument("--timeout", type=int, help="seconds per cell")
+
+
+def run(args: argparse.Namespace) -> int:
+    notebook = Path(args.notebook)
+    out = Path(args.out or f"runs/{args.preset}/sweeps/{notebook.stem}")
+    rows = sweep(notebook, parse_grid(args.param), out, fixed={"preset": args.preset}, timeout=args.timeout)
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"{len(rows)} runs, {len(failed)} failed; table: {out / 'results.csv'}")
+    return 1 if failed else 0
