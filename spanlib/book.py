@@ -157,3 +157,65 @@ def ensure_pretrained(
             shutil.rmtree(out)
     pretrain(cfg, out, resume=True)
     return RunHandle(out, root)
+
+
+FEWSHOT_REGIMENS = ("random", "dino_cxr", "span_triangular")
+
+
+def build_summary(preset: str, seeds: list[int] | tuple[int, ...] = (0,)) -> dict:
+    """Every regimen's results, means (and ``std`` beside them) over seeds.
+
+    Trains or loads each run (cached) and evaluates it (features cached);
+    values in percent. Written to ``runs/<preset>/summary.json``.
+    """
+    import json
+
+    import numpy as np
+
+    from spanlib.config import REGIMENS
+    from spanlib.evaluate import evaluate
+
+    chest, parts = data_dir(preset, "chest"), data_dir(preset, "parts")
+
+    def agg(values: list[float]) -> dict[str, float] | float:
+        arr = np.asarray(values, dtype=float)
+        mean = float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
+        return {"mean": mean, "std": float(np.nanstd(arr, ddof=1))} if len(arr) > 1 else mean
+
+    regimens: dict[str, dict] = {}
+    for regimen in REGIMENS:
+        per_seed = []
+        for seed in seeds:
+            run = ensure_pretrained(preset, regimen, seed=seed)
+            att = evaluate("attention", run.path, chest)["organs"]
+            lin = evaluate("linear", run.path, chest, seed=seed)
+            per_seed.append(({o: s["mAP"] for o, s in att.items()}, lin["mAUC"]))
+        organs = per_seed[0][0]
+        regimens[regimen] = {
+            "attention_mAP": {o: agg([p[0][o] for p in per_seed]) for o in organs},
+            "linear_mAUC": agg([p[1] for p in per_seed]),
+        }
+    fewshot: dict[str, dict] = {}
+    for regimen in FEWSHOT_REGIMENS:
+        per_seed = []
+        for seed in seeds:
+            run = ensure_pretrained(preset, regimen, seed=seed, dataset="parts")
+            res = evaluate("fewshot", run.path, parts, seed=seed)
+            per_seed.append({str(n): s["mean"] for n, s in res["sizes"].items()})
+        fewshot[regimen] = {n: agg([p[n] for p in per_seed]) for n in per_seed[0]}
+    from spanlib.data import FolderDataset
+
+    meta = FolderDataset(chest).meta
+    summary = {
+        "data": "synthetic" if meta.get("synthetic") else "real",
+        "data_description": meta.get("description", ""),
+        "preset": preset,
+        "seeds": list(seeds),
+        "units": "percent",
+        "regimens": regimens,
+        "fewshot": fewshot,
+    }
+    out = runs_dir(preset) / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -75,8 +75,8 @@ class RegistrationConfig:
         batch_size: images registered together.
     """
 
-    affine_levels: tuple[tuple[int, int], ...] = ((32, 60), (64, 30))
-    bspline_levels: tuple[tuple[int, int, int], ...] = ((32, 4, 60), (64, 8, 60))
+    affine_levels: tuple[tuple[int, int], ...] = ((32, 80),)
+    bspline_levels: tuple[tuple[int, int, int], ...] = ((32, 4, 80), (64, 8, 40))
     affine_lr: float = 0.02
     bspline_lr: float = 0.01
     bending_weight: float = 0.2

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=256, help="phantom size (the book's films: 256)")
     parser.add_argument("--map-size", type=int, default=256,
                         help="size the masks are warped to (Dice is scored at the phantom size)")
-    parser.add_argument("--chunk", type=int, default=16, help="images per batch of the fast method")
+    parser.add_argument("--chunk", type=int, default=32, help="images per batch of the fast method")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidates", type=int, default=8,
                         help="annotated phantoms competing to be the exemplar (1: take the first)")

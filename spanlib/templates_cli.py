@@ -253,8 +253,9 @@ def build_knowledge_maps(
         report = _build_deformable(dataset, organs, out, size, workers, shard, exemplar, method, fallback,
                                    batch_size, overwrite, progress, registration_config, data_info)
     report["time_s"] = round(time.perf_counter() - start, 3)
-    count = report.get("built", 0)
-    report["maps_per_s"] = round(count / report["time_s"], 3) if count and report["time_s"] > 0 else None
+    if kind == "deformable":
+        built = report["built"]
+        report["maps_per_s"] = round(built / report["time_s"], 3) if built and report["time_s"] > 0 else None
     suffix = "" if shard == (0, 1) else f"-{shard[0]}-of-{shard[1]}"
     write_json(out / f"report{suffix}.json", report)
     return report

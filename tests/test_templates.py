@@ -185,6 +185,7 @@ def test_deformable_end_to_end_resume_and_corruption(chest_dir: Path, tmp_path: 
     assert all(v > 0.7 for v in scores.values()), scores
     with pytest.raises(KeyError, match="no knowledge maps for sample 'nope'"):
         maps.maps_for("nope")
+    np.testing.assert_array_equal(load_knowledge_maps(out).preload().maps_for("chest_000003"), one)
 
     resumed = build_knowledge_maps("deformable", chest_dir, out, size=32, registration_config=QUICK)
     assert resumed["built"] == 0 and resumed["cached"] == 6
@@ -223,3 +224,53 @@ def test_cli_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_unknown_exemplar_is_an_error(chest_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no sample 'ghost'"):
         build_knowledge_maps("deformable", chest_dir, tmp_path / "x", exemplar="ghost")
+
+
+# --------------------------------------------------------------------------- segmentation network
+
+
+def test_segmenter_shapes_save_and_load(tmp_path: Path) -> None:
+    import torch
+
+    from spanlib.segmentation import SegConfig, SmallUNet, load_segmenter, predict_probabilities, save_segmenter
+
+    config = SegConfig(size=32, channels=(4, 8, 16))
+    model = SmallUNet(3, config.channels).eval()
+    probabilities = predict_probabilities(model, [np.random.default_rng(0).random((40, 40), np.float32)] * 2, config,
+                                          device=torch.device("cpu"))
+    assert probabilities.shape == (2, 3, 32, 32) and probabilities.dtype == np.float32
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+    save_segmenter(tmp_path / "seg.pt", model, config, CHEST_ORGANS, {"train_dice": 0.5})
+    loaded, loaded_config, organs, info = load_segmenter(tmp_path / "seg.pt")
+    assert loaded_config == config and organs == CHEST_ORGANS and info == {"train_dice": 0.5}
+    np.testing.assert_allclose(
+        predict_probabilities(loaded, [np.ones((32, 32), np.float32)], config, device=torch.device("cpu")),
+        predict_probabilities(model, [np.ones((32, 32), np.float32)], config, device=torch.device("cpu")))
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"bad\.pt: unreadable segmentation checkpoint"):
+        load_segmenter(tmp_path / "bad.pt")
+
+
+def test_paper_segmenter_builds_offline() -> None:
+    import torch
+
+    from spanlib.segmentation import SegConfig, build_segmenter
+
+    model = build_segmenter(SegConfig(arch="deeplabv3_resnet50"), 3).eval()  # weights=None: nothing downloaded
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 1, 64, 64))
+    assert logits.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="arch"):
+        SegConfig(arch="segformer")
+
+
+def test_deformable_with_the_simpleitk_method(chest_dir: Path, tmp_path: Path) -> None:
+    from spanlib.registration import SitkConfig
+
+    config = SitkConfig(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0), affine_iterations=30, bspline_iterations=10)
+    report = build_knowledge_maps("deformable", chest_dir, tmp_path / "sitk", size=32, method="sitk",
+                                  exemplar="chest_000001", registration_config=config)
+    assert report["built"] == 6 and report["errors"] == 0
+    manifest = json.loads((tmp_path / "sitk" / "manifest.json").read_text())
+    assert manifest["params"]["method"] == "sitk" and manifest["exemplar_selection"] == {"selection": "given"}
+    assert load_knowledge_maps(tmp_path / "sitk").maps_for("chest_000004").shape == (3, 32, 32)
