@@ -382,8 +382,9 @@ class KnowledgeMaps:
         return self.template is not None or sample_id in self.index
 
     def preload(self) -> KnowledgeMaps:
-        """Read every indexed map into memory now (a deformable set of 1,000
-        images at 64 px takes about 50 MB as float32); returns ``self``.
+        """Read every indexed map into memory now; returns ``self``.
+
+        A deformable set of 1,000 images at 64 px takes about 50 MB (float32).
 
         Raises:
             MapFileError: a missing or corrupt map file.

@@ -54,11 +54,7 @@ def lab(tmp_path_factory) -> dict:
     tmp_path = tmp_path_factory.mktemp("lab")
     port, token = _free_port(), secrets.token_hex(16)
     log = tmp_path / "lab.log"
-    env = {
-        **os.environ,
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),  # no connection files left in the home folder
-        "JUPYTER_PLATFORM_DIRS": "1",
-    }
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}  # no server files left in the home folder
     command = [
         sys.executable, "-m", "jupyter", "lab",
         "--no-browser",
