@@ -427,11 +427,12 @@ def _fit_affine(fixed: torch.Tensor, moving: torch.Tensor, config: RegistrationC
     batch = fixed.shape[0]
     theta0 = _identity_theta(batch)
     coarse = config.affine_levels[0][0] if config.affine_levels else fixed.shape[-1]
-    theta0[:, :, 2] = _centroid(resize_batch(moving, coarse)) - _centroid(resize_batch(fixed, coarse))
+    theta0[:, :, 2] = _centroid(resize_batch(moving, coarse)) - _centroid(resize_batch(fixed, coarse))  # [1] - [B]
     delta = torch.zeros(batch, 2, 3, requires_grad=True)
     optimizer = Adam(delta, lr=config.affine_lr)
     for size, iterations in config.affine_levels:
-        target, source = _standardise(resize_batch(fixed, size)), _standardise(resize_batch(moving, size))
+        target = _standardise(resize_batch(fixed, size))
+        source = _standardise(resize_batch(moving, size)).expand(batch, -1, -1, -1)
         for _ in range(iterations):
             warped = warp(source, F.affine_grid(theta0 + delta, [batch, 1, size, size], align_corners=False))
             loss = -global_ncc(warped, target).sum()
@@ -451,7 +452,8 @@ def _fit_bspline(
         field_.refine(n_cells)
         field_.control.requires_grad_(True)
         optimizer = Adam(field_.control, lr=config.bspline_lr)
-        target, source = _standardise(resize_batch(fixed, size)), _standardise(resize_batch(moving, size))
+        target = _standardise(resize_batch(fixed, size))
+        source = _standardise(resize_batch(moving, size)).expand(fixed.shape[0], -1, -1, -1)
         base = F.affine_grid(theta, [theta.shape[0], 1, size, size], align_corners=False)
         window = max(3, int(round(config.ncc_window * size / finest)) | 1)
         similarity_to = LocalNCC(target, window)
@@ -508,6 +510,9 @@ def register_batch(
 
     Raises:
         ValueError: when the exemplar itself is unusable.
+
+    Torch runs single-threaded inside (:func:`single_thread`); run one
+    process per core for parallelism.
     """
     problem = image_problem(np.asarray(exemplar_image, dtype=np.float32))
     if problem:
@@ -598,31 +603,75 @@ def _register_chunk(
     fixed = _prepare(images, work)
     moving = _prepare([exemplar_image], work)
     batch = fixed.shape[0]
-    theta = _fit_affine(fixed, moving.expand(batch, -1, -1, -1), config)
-    field_ = _fit_bspline(fixed, moving.expand(batch, -1, -1, -1), theta, config)
+    theta = _fit_affine(fixed, moving, config)
+    field_ = _fit_bspline(fixed, moving, theta, config)
     with torch.no_grad():
-        identity = _identity_theta(batch)
-        target = resize_batch(fixed, work)
-        ncc_identity = global_ncc(warp(moving, sampling_grid(identity, None, work, work)), target)
-        ncc_affine = global_ncc(warp(moving, sampling_grid(theta, None, work, work)), target)
+        ncc_identity = global_ncc(warp(moving, sampling_grid(_identity_theta(batch), None, work, work)), fixed)
+        ncc_affine = global_ncc(warp(moving, sampling_grid(theta, None, work, work)), fixed)
         deformable_grid = sampling_grid(theta, field_, work, work)
-        ncc_deformable = global_ncc(warp(moving, deformable_grid), target)
+        ncc_deformable = global_ncc(warp(moving, deformable_grid), fixed)
         folding = folding_fraction(deformable_grid)
-        deformable_maps = warp_masks(masks, sampling_grid(theta, field_, out_size, out_size))
-        affine_maps = warp_masks(masks, sampling_grid(theta, None, out_size, out_size))
-    results = []
-    for i in range(batch):
-        quality = {
-            "ncc_identity": float(ncc_identity[i]),
-            "ncc_affine": float(ncc_affine[i]),
-            "ncc_deformable": float(ncc_deformable[i]),
-            "folding": float(folding[i]),
-        }
-        results.append(
-            choose(quality, deformable_maps[i], affine_maps[i], fallback_maps, config.min_ncc, config.max_folding,
-                   config.max_ncc_drop)
-        )
-    return results
+        qualities = [
+            {"ncc_identity": float(ncc_identity[i]), "ncc_affine": float(ncc_affine[i]),
+             "ncc_deformable": float(ncc_deformable[i]), "folding": float(folding[i])}
+            for i in range(batch)
+        ]
+        decisions = [decide(q, config.min_ncc, config.max_folding, config.max_ncc_drop) for q in qualities]
+        keep = [i for i, (method, _) in enumerate(decisions) if method == "deformable"]
+        rigid = [i for i, (method, _) in enumerate(decisions) if method == "affine"]
+        maps: dict[int, np.ndarray] = {}
+        if keep:  # warp at the output size only what is kept
+            field_.control = field_.control[keep]
+            maps.update(zip(keep, warp_masks(masks, sampling_grid(theta[keep], field_, out_size, out_size))))
+        if rigid:
+            maps.update(zip(rigid, warp_masks(masks, sampling_grid(theta[rigid], None, out_size, out_size))))
+    return [
+        RegistrationResult(maps[i] if i in maps else fallback_maps.copy(), method, quality, reason)
+        for i, (quality, (method, reason)) in enumerate(zip(qualities, decisions))
+    ]
+
+
+def decide(
+    quality: dict[str, float],
+    min_ncc: float,
+    max_folding: float,
+    max_ncc_drop: float,
+    deformable_ran: bool = True,
+    affine_ran: bool = True,
+) -> tuple[str, str]:
+    """The fallback chain on quality measures: deformable, else affine, else the template.
+
+    Args:
+        quality: the measures of :class:`RegistrationResult`.
+        min_ncc: smallest acceptable global NCC.
+        max_folding: largest acceptable folding fraction.
+        max_ncc_drop: largest acceptable NCC loss of the deformable stage
+            relative to the affine stage.
+        deformable_ran: False when the deformable stage produced no maps.
+        affine_ran: False when the affine stage produced no maps.
+
+    Returns:
+        ``(method, reason)``: ``deformable``, ``affine`` or ``fallback``, and
+        why the deformable result was rejected (empty when kept).
+    """
+    ncc_d = quality.get("ncc_deformable", math.nan)
+    ncc_a = quality.get("ncc_affine", math.nan)
+    fold = quality.get("folding", math.nan)
+    if not deformable_ran or not math.isfinite(ncc_d) or not math.isfinite(fold):
+        reason = "deformable stage failed (non-finite result)"
+    elif fold > max_folding:
+        reason = f"deformation folds on {fold:.3f} of pixels (> {max_folding})"
+    elif ncc_d < min_ncc:
+        reason = f"deformable NCC {ncc_d:.3f} < {min_ncc}"
+    elif math.isfinite(ncc_a) and ncc_d < ncc_a - max_ncc_drop:
+        reason = f"deformable NCC {ncc_d:.3f} worse than affine {ncc_a:.3f}"
+    else:
+        return "deformable", ""
+    if not affine_ran or not math.isfinite(ncc_a):
+        return "fallback", f"{reason}; affine stage failed (non-finite result)"
+    if ncc_a < min_ncc:
+        return "fallback", f"{reason}; affine NCC {ncc_a:.3f} < {min_ncc}"
+    return "affine", reason
 
 
 def choose(
@@ -634,42 +683,24 @@ def choose(
     max_folding: float,
     max_ncc_drop: float,
 ) -> RegistrationResult:
-    """The fallback chain: deformable, else affine, else the fallback template.
+    """Apply :func:`decide` and keep the chosen maps.
 
     Args:
         quality: the measures of :class:`RegistrationResult`.
         deformable_maps: masks warped by the full transform (None: failed).
         affine_maps: masks warped by the affine stage only (None: failed).
         fallback_maps: the last resort.
-        min_ncc: smallest acceptable global NCC.
-        max_folding: largest acceptable folding fraction.
-        max_ncc_drop: largest acceptable NCC loss of the deformable stage
-            relative to the affine stage.
+        min_ncc: see :func:`decide`.
+        max_folding: see :func:`decide`.
+        max_ncc_drop: see :func:`decide`.
 
     Returns:
         The kept maps, the method, and the reason for any fallback.
     """
-    ncc_d, ncc_a, fold = quality.get("ncc_deformable", math.nan), quality.get("ncc_affine", math.nan), quality.get(
-        "folding", math.nan
-    )
-    reasons = []
-    if deformable_maps is None or not math.isfinite(ncc_d) or not math.isfinite(fold):
-        reasons.append("deformable stage failed (non-finite result)")
-    elif fold > max_folding:
-        reasons.append(f"deformation folds on {fold:.3f} of pixels (> {max_folding})")
-    elif ncc_d < min_ncc:
-        reasons.append(f"deformable NCC {ncc_d:.3f} < {min_ncc}")
-    elif math.isfinite(ncc_a) and ncc_d < ncc_a - max_ncc_drop:
-        reasons.append(f"deformable NCC {ncc_d:.3f} worse than affine {ncc_a:.3f}")
-    else:
-        return RegistrationResult(np.asarray(deformable_maps, dtype=bool), "deformable", quality)
-    if affine_maps is None or not math.isfinite(ncc_a):
-        reasons.append("affine stage failed (non-finite result)")
-    elif ncc_a < min_ncc:
-        reasons.append(f"affine NCC {ncc_a:.3f} < {min_ncc}")
-    else:
-        return RegistrationResult(np.asarray(affine_maps, dtype=bool), "affine", quality, "; ".join(reasons))
-    return RegistrationResult(np.asarray(fallback_maps, dtype=bool).copy(), "fallback", quality, "; ".join(reasons))
+    method, reason = decide(quality, min_ncc, max_folding, max_ncc_drop, deformable_maps is not None,
+                            affine_maps is not None)
+    maps = {"deformable": deformable_maps, "affine": affine_maps, "fallback": fallback_maps}[method]
+    return RegistrationResult(np.array(maps, dtype=bool), method, quality, reason)
 
 
 # --------------------------------------------------------------------------- SimpleITK reference

@@ -95,9 +95,12 @@ def shard_ids(ids: Sequence[str], shard: tuple[int, int]) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``build`` and ``dice`` actions to ``parser``."""
     actions = parser.add_subparsers(dest="action", required=True, metavar="{build,dice}")
-    build = actions.add_parser("build", help="build knowledge maps for a dataset",
-                               description=__doc__.split("\n\n")[1] if __doc__ else None,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    build = actions.add_parser(
+        "build", help="build knowledge maps for a dataset",
+        description="Build knowledge maps for a dataset: triangular (the spatial heuristic), global (a small "
+                    "segmentation network's probabilities averaged over the dataset) or deformable (an annotated "
+                    "exemplar registered onto every image). Writes OUT/manifest.json, OUT/template.npz or "
+                    "OUT/maps/*.npz with OUT/index*.json, and a report; a rerun skips what is built.")
     build.add_argument("--kind", choices=MAP_KINDS, required=True, help="which knowledge map")
     build.add_argument("--data", required=True, help="dataset folder (spanlib folder format)")
     build.add_argument("--out", required=True, help="output directory of the maps")
@@ -117,7 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--batch-size", type=int, default=32, help="images registered together (torch)")
     build.add_argument("--seg-train", type=int, default=32, help="labelled images for the segmentation net (global)")
     build.add_argument("--seg-steps", type=int, default=150, help="training steps of the segmentation net (global)")
-    build.add_argument("--seg-arch", default="unet", help="unet, deeplabv3_resnet50 or deeplabv3_resnet101 (global)")
+    build.add_argument("--seg-arch", default="unet", choices=("unet", "deeplabv3_resnet50", "deeplabv3_resnet101"),
+                       help="segmentation network (global; the DeepLabs start from random weights)")
     build.add_argument("--overwrite", action="store_true",
                        help="replace a directory built with other settings (per-image maps stay cached)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -483,9 +487,12 @@ def _build_deformable(dataset: Any, organs: tuple[str, ...], out: Path, size: in
     with tqdm(total=len(wanted), disable=not progress, desc="deformable maps", unit="map") as bar:
         if workers == 1 or len(tasks) <= 1:
             _init_worker(job, limit_threads=False)
-            for task in tasks:
-                records += _run_task(task)
-                bar.update(len(task))
+            try:
+                for task in tasks:
+                    records += _run_task(task)
+                    bar.update(len(task))
+            finally:
+                _WORKER.clear()
         else:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["spanlib.registration", "spanlib.data"])

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from spanlib.viz import BookFigure
 from matplotlib.lines import Line2D
 
 from spanlib.data.sample import Sample
@@ -60,7 +62,7 @@ def sample_grid(
     colours = {**DEFAULT_MASK_COLOURS, **(mask_colours or {})}
     ncols = min(ncols, len(samples))
     nrows = math.ceil(len(samples) / ncols)
-    figure = Figure(figsize=(panel_size * ncols, panel_size * nrows + (0.4 if title else 0.0)), layout="constrained")
+    figure = BookFigure(figsize=(panel_size * ncols, panel_size * nrows + (0.4 if title else 0.0)), layout="constrained")
     axes = figure.subplots(nrows, ncols, squeeze=False)
     seen: dict[str, str] = {}
     for ax in axes.ravel():

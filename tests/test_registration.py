@@ -171,3 +171,34 @@ def test_simpleitk_reference_registers_and_falls_back() -> None:
     nan_result = reg.register_pair_sitk(np.full((64, 64), np.nan, np.float32), exemplar, masks,
                                         np.zeros((3, 64, 64), bool), config)
     assert nan_result.method == "fallback" and "non-finite" in nan_result.reason
+
+
+def test_rejected_deformations_fall_back_to_the_affine_stage() -> None:
+    from dataclasses import replace
+
+    exemplar, masks = drawn_shapes(64)
+    target, truth = deformed_pair(64, 0)
+    fallback = np.zeros((3, 32, 32), bool)
+    strict = replace(FAST, max_folding=-1.0)  # every deformation "folds"
+    result = reg.register_batch([target], exemplar, masks, fallback, strict)[0]
+    assert result.method == "affine" and "folds" in result.reason
+    assert result.maps.shape == (3, 32, 32) and result.maps.any()
+    hopeless = replace(FAST, min_ncc=2.0)  # no NCC is good enough
+    result = reg.register_batch([target], exemplar, masks, fallback, hopeless)[0]
+    assert result.method == "fallback" and "affine NCC" in result.reason
+    np.testing.assert_array_equal(result.maps, fallback)
+
+
+def test_benchmark_runs_and_reports_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from spanlib.registration_bench import main
+
+    code = main(["--n", "2", "--ref-n", "1", "--rounds", "1", "--workers", "1", "--image-size", "64", "--map-size",
+                 "32", "--candidates", "1", "--variants", "", "--no-global", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("maps_per_s", "dice_mean", "reference_maps_per_s", "reference_dice_mean", "speedup",
+                "triangular_dice", "deformable_dice", "cpu_ms_per_map"):
+        assert key in report, key
+    assert report["n"] == 2 and report["reference_n"] == 1 and 0.0 < report["dice_mean"] <= 1.0
