@@ -75,14 +75,18 @@ def _absolute(path: str | None, root: Path) -> str | None:
 
 
 def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None) -> Path:
-    """Build knowledge maps with ``python -m spanlib templates build`` unless built."""
+    """Build knowledge maps with ``python -m spanlib templates build`` unless built.
+
+    The builder itself resumes: maps already built are skipped.
+    """
     if (out / "manifest.json").is_file() and (out / "report.json").is_file():
         return out
+    import os
+
     from spanlib.cli import main
 
-    argv = ["templates", "build", "--kind", kind, "--data", str(data), "--out", str(out)]
-    if workers:
-        argv += ["--workers", str(workers)]
+    argv = ["templates", "build", "--kind", kind, "--data", str(data), "--out", str(out), "--no-progress"]
+    argv += ["--workers", str(workers or os.cpu_count() or 1)]
     if main(argv) != 0:
         raise RuntimeError(f"{out}: building {kind} knowledge maps failed")
     return out

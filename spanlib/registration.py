@@ -172,10 +172,11 @@ def bspline_basis(n_pixels: int, n_cells: int, derivative: int = 0) -> torch.Ten
 @functools.lru_cache(maxsize=64)
 def _bending_grams(n_pixels: int, n_cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gram matrices ``B_d^T B_d / n`` of the basis and its derivatives (d = 0, 1, 2)."""
-    return tuple(
-        (bspline_basis(n_pixels, n_cells, d).double().T @ bspline_basis(n_pixels, n_cells, d).double() / n_pixels).float()
-        for d in (0, 1, 2)
-    )
+    grams = []
+    for derivative in (0, 1, 2):
+        basis = bspline_basis(n_pixels, n_cells, derivative).double()
+        grams.append((basis.T @ basis / n_pixels).float())
+    return tuple(grams)
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -321,7 +322,9 @@ class BSplineField:
         d_dx = self._evaluate(size, size, 0, 1)  # d(u_x, u_y)/dx, [B, 2, H, W]
         d_dy = self._evaluate(size, size, 1, 0)
         a = theta[:, :, :2, None, None]
-        return (a[:, 0, 0] + d_dx[:, 0]) * (a[:, 1, 1] + d_dy[:, 1]) - (a[:, 0, 1] + d_dy[:, 0]) * (a[:, 1, 0] + d_dx[:, 1])
+        xx, xy = a[:, 0, 0] + d_dx[:, 0], a[:, 0, 1] + d_dy[:, 0]
+        yx, yy = a[:, 1, 0] + d_dx[:, 1], a[:, 1, 1] + d_dy[:, 1]
+        return xx * yy - xy * yx
 
     def bending_energy(self, size: int) -> torch.Tensor:
         """Mean squared second derivatives ``[B]`` of the displacement, in pixels, over a ``size`` grid.

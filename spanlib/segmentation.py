@@ -93,7 +93,9 @@ class SmallUNet(nn.Module):
         for c in channels:
             self.down.append(_block(c_prev, c))
             c_prev = c
-        self.up = nn.ModuleList(_block(channels[i + 1] + channels[i], channels[i]) for i in reversed(range(len(channels) - 1)))
+        self.up = nn.ModuleList(
+            _block(channels[i + 1] + channels[i], channels[i]) for i in reversed(range(len(channels) - 1))
+        )
         self.head = nn.Conv2d(channels[0], n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,8 +145,10 @@ def to_tensor(images: Iterable[np.ndarray], size: int) -> torch.Tensor:
         if array.ndim == 3:
             array = array.mean(axis=-1)
         tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None]
-        mode = "area" if min(array.shape) >= size else "bilinear"
-        tensor = F.interpolate(tensor, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+        if min(array.shape) >= size:
+            tensor = F.interpolate(tensor, size=(size, size), mode="area")
+        else:
+            tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
         out.append((tensor - tensor.mean()) / (tensor.std() + 1e-6))
     return torch.cat(out)
 
@@ -249,11 +253,14 @@ def predict_probabilities(
     return torch.cat(out).numpy().astype(np.float32)
 
 
-def save_segmenter(path: Path, model: nn.Module, config: SegConfig, organs: Sequence[str], info: dict[str, Any]) -> None:
+def save_segmenter(
+    path: Path, model: nn.Module, config: SegConfig, organs: Sequence[str], info: dict[str, Any]
+) -> None:
     """Save weights, config, organ names and training info to one file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"state_dict": model.state_dict(), "config": config.to_dict(), "organs": list(organs), "info": info}, tmp)
+    payload = {"state_dict": model.state_dict(), "config": config.to_dict(), "organs": list(organs), "info": info}
+    torch.save(payload, tmp)
     tmp.replace(path)
 
 

@@ -365,7 +365,10 @@ def _labelled(dataset: Any, organs: tuple[str, ...], count: int, train_only: boo
     for index in order:
         if len(used) >= count:
             break
-        sample = dataset[index]
+        try:
+            sample = dataset[index]
+        except (ValueError, OSError):  # an unreadable sample cannot be an exemplar; the build records it later
+            continue
         stack = np.stack([sample.masks[o] for o in organs])
         if stack.reshape(len(organs), -1).any(axis=1).all():
             images.append(_grey(sample.image))
@@ -425,7 +428,13 @@ def choose_exemplar(
         return ids[0], images[0], masks[0], {"selection": "auto", "scores": {ids[0]: None}}
     others = sorted(set(dataset.ids) - set(ids))
     picked = [others[int(i)] for i in np.linspace(0, len(others) - 1, min(probes, len(others)))] if others else []
-    probe_images = [_grey(dataset[dataset.ids.index(i)].image) for i in dict.fromkeys(picked)] or images
+    probe_images = []
+    for probe in dict.fromkeys(picked):
+        try:
+            probe_images.append(_grey(dataset[dataset.ids.index(probe)].image))
+        except (ValueError, OSError):  # unreadable: recorded when its own map is built
+            continue
+    probe_images = probe_images or images
     if not isinstance(config, RegistrationConfig):
         config = RegistrationConfig()
     best, scores = select_exemplar(list(zip(images, masks)), probe_images, config)
@@ -544,7 +553,7 @@ def _run_task(task: list[tuple[int, str]]) -> list[dict[str, Any]]:
     dataset = _WORKER["dataset"]
     maps_dir = Path(job.out) / MAPS_DIR
     records: list[dict[str, Any]] = []
-    todo: list[tuple[dict[str, Any], np.ndarray]] = []
+    pending: list[tuple[dict[str, Any], np.ndarray]] = []
     for index, sample_id in task:
         try:
             sample = dataset[index]
@@ -567,15 +576,15 @@ def _run_task(task: list[tuple[int, str]]) -> list[dict[str, Any]]:
                 rebuilt = f"rebuilt corrupt entry ({error.problem})"
         else:
             rebuilt = ""
-        todo.append(({"id": sample_id, "key": key, "status": "built", "rebuilt": rebuilt}, image))
-    if todo:
-        images = [image for _, image in todo]
+        pending.append(({"id": sample_id, "key": key, "status": "built", "rebuilt": rebuilt}, image))
+    if pending:
+        images = [image for _, image in pending]
         if job.method == "torch":
             results = register_batch(images, job.exemplar_image, job.exemplar_masks, job.fallback_maps, job.config)
         else:
             results = [register_pair_sitk(im, job.exemplar_image, job.exemplar_masks, job.fallback_maps, job.config)
                        for im in images]
-        for (record, _), result in zip(todo, results):
+        for (record, _), result in zip(pending, results):
             record.update(method=result.method, reason=result.reason, quality=result.quality)
             info = {"id": record["id"], "method": result.method, "reason": result.reason, "quality": result.quality}
             save_maps(maps_dir / f"{record['key']}.npz", result.maps.astype(bool), info)

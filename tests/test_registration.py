@@ -25,7 +25,8 @@ def drawn_shapes(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         return ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1.0
 
     body = ellipse(0.5, 0.5, 0.42, 0.46)
-    left, right, heart = ellipse(0.68, 0.42, 0.14, 0.26), ellipse(0.32, 0.42, 0.14, 0.26), ellipse(0.56, 0.66, 0.16, 0.11)
+    left, right = ellipse(0.68, 0.42, 0.14, 0.26), ellipse(0.32, 0.42, 0.14, 0.26)
+    heart = ellipse(0.56, 0.66, 0.16, 0.11)
     image = 0.1 + 0.5 * body - 0.35 * (left | right) + 0.15 * heart
     image += 0.05 * np.sin(9 * xs) * np.cos(7 * ys)  # texture, so that there is something to match everywhere
     image = F.avg_pool2d(torch.from_numpy(image.astype(np.float32))[None, None], 3, 1, 1, count_include_pad=False)

@@ -274,3 +274,17 @@ def test_deformable_with_the_simpleitk_method(chest_dir: Path, tmp_path: Path) -
     manifest = json.loads((tmp_path / "sitk" / "manifest.json").read_text())
     assert manifest["params"]["method"] == "sitk" and manifest["exemplar_selection"] == {"selection": "given"}
     assert load_knowledge_maps(tmp_path / "sitk").maps_for("chest_000004").shape == (3, 32, 32)
+
+
+def test_an_unreadable_image_is_recorded_and_the_build_goes_on(chest_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "chest"
+    shutil.copytree(chest_dir, data)
+    (data / "images" / "chest_000005.png").write_bytes(b"not a png")
+    report = build_knowledge_maps("deformable", data, tmp_path / "maps", size=16, registration_config=QUICK)
+    assert report["errors"] == 1 and report["built"] == 5
+    failure = next(f for f in report["failures"] if f["id"] == "chest_000005")
+    assert failure["method"] is None and "chest_000005.png" in failure["reason"]
+    maps = load_knowledge_maps(tmp_path / "maps")
+    assert "chest_000005" not in maps and "chest_000004" in maps
