@@ -236,6 +236,19 @@ class AttentionBrowser:
             self._attention_cache[key] = _attention(loaded, self._sample(index).image, block)
         return self._attention_cache[key]
 
+    def organ_maps(self, run: str, index: int) -> dict[str, np.ndarray]:
+        """Organ -> knowledge map ``[H, W]`` a run's assigned heads were trained toward, on one image.
+
+        Empty for a run without assigned heads or maps.
+
+        Args:
+            run: the run's name.
+            index: the image's index in the dataset.
+        """
+        loaded = self._run(run)
+        by_head = _knowledge_maps_by_head(loaded, self._sample(index))
+        return {loaded.organ_of_head[h]: m for h, m in by_head.items()}
+
     def current(self) -> BrowserView:
         """The settings and the attention array shown now."""
         c = self.controls

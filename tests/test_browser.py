@@ -15,6 +15,7 @@ from spanlib.browser import ALL_HEADS, AttentionBrowser, static_browser_figure
 from spanlib.config import resolve
 from spanlib.data import FolderDataset, make_default_data
 from spanlib.evaluate import load_backbone
+from spanlib.templates import triangular_maps
 from spanlib.train import pretrain
 from spanlib.vit import cls_attention
 
@@ -171,3 +172,14 @@ def test_static_figure_matches_browser(setup):
         static_browser_figure(runs, setup["data"], len(setup["data"]))
     with pytest.raises(ValueError, match="block"):
         static_browser_figure(runs, setup["data"], 0, block=5)
+
+
+def test_knowledge_maps_are_named_by_organ(browser, setup):
+    maps = browser.organ_maps("span", 4)
+    cfg, _, _ = load_backbone(setup["runs"]["span"])
+    assert list(maps) == list(cfg.span.assigned_heads)
+    # the span run was trained toward the triangular heuristic, drawn at the image's size
+    expected = triangular_maps(*setup["data"][4].image.shape[:2], organs=tuple(cfg.span.assigned_heads))
+    for i, organ in enumerate(cfg.span.assigned_heads):
+        np.testing.assert_array_equal(maps[organ], expected[i])
+    assert browser.organ_maps("deep", 4) == {}, "a run without assigned heads has no maps"
