@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -44,3 +46,51 @@ def toy() -> list:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SmokeNotebooks:
+    """Each text notebook executed once per test session with the ``smoke`` parameters.
+
+    ``tests/test_notebooks.py`` checks that every notebook runs;
+    ``tests/test_book_html.py`` builds the book from the same executed
+    copies instead of running every notebook a second time. A notebook runs
+    from ``notebooks/`` in the repository (its caches ``data/generated/`` and
+    ``runs/`` are keyed by preset and ignored by git) on first request.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        import yaml
+
+        self.folder = folder
+        self.parameters = yaml.safe_load((REPO / "notebooks" / "params" / "smoke.yaml").read_text())
+        self._done: dict[Path, Path | BaseException] = {}
+
+    def executed(self, source: Path) -> Path:
+        """The executed ``.ipynb`` of a text notebook; re-raises its failure on every request."""
+        import jupytext
+        import nbformat
+        import papermill
+
+        source = source.resolve()
+        if source not in self._done:
+            unexecuted = self.folder / f"{source.stem}.ipynb"
+            out = self.folder / f"{source.stem}.out.ipynb"
+            nbformat.write(jupytext.read(source), unexecuted)
+            try:
+                papermill.execute_notebook(str(unexecuted), str(out), parameters=self.parameters, cwd=str(source.parent),
+                                           kernel_name="python3", progress_bar=False)
+                self._done[source] = out
+            except BaseException as error:  # noqa: BLE001 - kept and re-raised for every test that needs it
+                self._done[source] = error
+        result = self._done[source]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+@pytest.fixture(scope="session")
+def smoke_notebooks(tmp_path_factory) -> SmokeNotebooks:
+    return SmokeNotebooks(tmp_path_factory.mktemp("smoke-notebooks"))

@@ -2,7 +2,8 @@
 
 A copy of the book's real pages is built in a temporary folder: every
 notebook of ``_toc.yml`` is executed with the ``smoke`` parameters
-(papermill), the executed ``.ipynb`` replaces its text source, execution is
+(papermill, once per session: the ``smoke_notebooks`` fixture of
+``conftest.py``, shared with ``tests/test_notebooks.py``), the executed ``.ipynb`` replaces its text source, execution is
 switched off in the copied ``_config.yml``, and ``jupyter-book build -W
 --keep-going`` must succeed. ``spanlib`` is linked, not copied (the kernel
 imports the installed package; the link lets ``spanlib.book.project_root``
@@ -21,12 +22,10 @@ from pathlib import Path
 
 import jupytext
 import nbformat
-import papermill
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = yaml.safe_load((REPO / "notebooks" / "params" / "smoke.yaml").read_text())
 WIDTH, HEIGHT = 1280, 2000
 # Generated data and the npm digits under data/: shared with the repository, as runs/ is
 CACHES = ("generated", ".npm")
@@ -91,7 +90,7 @@ def _figures_as_text(notebook: nbformat.NotebookNode) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def built_book(tmp_path_factory) -> dict:
+def built_book(tmp_path_factory, smoke_notebooks) -> dict:
     """Copy the book, execute its notebooks with the smoke preset, build the HTML."""
     root = tmp_path_factory.mktemp("book")
     for name in ("_config.yml", "_toc.yml"):
@@ -121,12 +120,8 @@ def built_book(tmp_path_factory) -> dict:
         if "kernelspec" not in notebook.metadata:
             shutil.copy(source, target)
             continue
-        unexecuted = target.with_name(f"{target.stem}.unexecuted.ipynb")
-        nbformat.write(notebook, unexecuted)
         executed = target.with_suffix(".ipynb")
-        papermill.execute_notebook(str(unexecuted), str(executed), parameters=SMOKE, cwd=str(target.parent),
-                                   kernel_name="python3", progress_bar=False)
-        unexecuted.unlink()
+        shutil.copy(smoke_notebooks.executed(source), executed)
         notebooks[entry] = nbformat.read(executed, as_version=4)
     if (REPO / "notebooks" / "params").is_dir():
         shutil.copytree(REPO / "notebooks" / "params", root / "notebooks" / "params", dirs_exist_ok=True)

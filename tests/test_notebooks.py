@@ -4,13 +4,10 @@ from pathlib import Path
 
 import jupytext
 import nbformat
-import papermill
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.md"))
-SMOKE = yaml.safe_load((REPO / "notebooks" / "params" / "smoke.yaml").read_text())
 
 
 def test_there_are_notebooks():
@@ -28,13 +25,7 @@ def test_notebook_has_parameters_cell_and_kernel(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_with_smoke_preset(path, tmp_path):
-    source = tmp_path / f"{path.stem}.ipynb"
-    nbformat.write(jupytext.read(path), source)
-    out = tmp_path / f"{path.stem}.out.ipynb"
-    papermill.execute_notebook(
-        str(source), str(out), parameters=SMOKE, cwd=str(path.parent), kernel_name="python3", progress_bar=False
-    )
-    executed = nbformat.read(out, as_version=4)
+def test_notebook_runs_with_smoke_preset(path, smoke_notebooks):
+    executed = nbformat.read(smoke_notebooks.executed(path), as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
