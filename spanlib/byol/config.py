@@ -1,0 +1,231 @@
+"""Configuration of object-level BYOL ("Refine and Represent"): one frozen dataclass, presets as data.
+
+:class:`ByolConfig` holds everything a run depends on; it is saved as JSON
+beside every run, and a cached run is reused only when its saved config is
+equal to the one asked for (:func:`spanlib.byol.train.ensure_byol`).
+:data:`BYOL_PRESETS` maps a preset name (``smoke``, ``book``, ``paper``) to
+the fields that differ from the defaults; :func:`byol_config` resolves a
+preset plus overrides. A notebook never branches on the preset name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+POOLINGS: tuple[str, ...] = ("object", "superpixel", "global")
+"""``object``: BYOL loss per refined object mask; ``superpixel``: per SLIC superpixel, unrefined (the
+priors alone, an ablation); ``global``: plain BYOL (one mask = the whole image)."""
+
+
+@dataclass(frozen=True)
+class ByolConfig:
+    """One object-level (or plain) BYOL run.
+
+    Attributes:
+        pooling: ``"object"`` (refined masks, mask pooling), ``"superpixel"``
+            (the SLIC priors as masks, no refinement) or ``"global"`` (plain
+            BYOL: global average pooling, i.e. one all-ones mask).
+        image_size: side of the original images and of both views, pixels.
+        widths: channels of the tiny ResNet's stages (a stride-2 stem, then
+            stride 1 for the first stage and 2 for each later one); the last
+            stage is "C5" (pooled for the loss), the one before it "C4"
+            (clustered, as the paper clusters C4).
+        proj_hidden: hidden width of the projector and the predictor MLPs.
+        proj_dim: output width of the projector and the predictor.
+        n_segments: SLIC superpixels asked for per image (the priors).
+        slic_compactness: SLIC compactness for grey images in [0, 1].
+        k: clusters of the K-means that merges superpixels into object masks
+            (over all superpixels of a mini-batch, as in the paper).
+        kmeans_iters: Lloyd iterations of the K-means.
+        min_mask_area: a mask counts as present in a view when its carried
+            (ROI-aligned) area covers at least this many C5 cells.
+        epochs: passes over the training images.
+        batch_size: images per step.
+        lr: peak AdamW learning rate (linear warm-up, cosine decay to 0).
+        weight_decay: AdamW weight decay (not on biases and norm parameters).
+        warmup_epochs: epochs of linear learning-rate warm-up.
+        momentum: base EMA momentum of the target (cosine to 1, as BYOL).
+        crop_scale: area range of BYOL's random resized crop.
+        jitter_p: probability of brightness/contrast jitter (BYOL: 0.8).
+        brightness: brightness jitter strength (BYOL: 0.4).
+        contrast: contrast jitter strength (BYOL: 0.4).
+        blur_p: Gaussian blur probability of view 1 and view 2 (BYOL: 1.0, 0.1).
+        blur_kernel: Gaussian blur kernel side (BYOL: 23 at 224 px, ~10%).
+        blur_sigma: Gaussian blur sigma range in pixels.
+        solarize_p: solarization probability of view 1 and view 2 (BYOL: 0, 0.2).
+        mean: normalisation mean of the grey images.
+        std: normalisation standard deviation.
+        n_train: training images used (``None``: the whole training split).
+        bf16: bfloat16 autocast of the encoder (about 2x faster on these
+            CPUs; batch norm, heads and loss stay float32).
+        threads: torch intra-op threads while training (restored after). One
+            by default: on the shared 2-core machines a second OpenMP thread
+            made these small steps about 19x slower whenever another process
+            held a core (``benchmarks/byol.md``); parallel runs use one
+            process per core instead.
+        seed: initialisation, batch order and augmentation seed.
+    """
+
+    pooling: str = "object"
+    image_size: int = 64
+    widths: tuple[int, ...] = (16, 32, 64)
+    proj_hidden: int = 256
+    proj_dim: int = 64
+    n_segments: int = 24
+    slic_compactness: float = 0.1
+    k: int = 8
+    kmeans_iters: int = 10
+    min_mask_area: float = 0.5
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    momentum: float = 0.99
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    blur_kernel: int = 7
+    blur_sigma: tuple[float, float] = (0.1, 1.0)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+    mean: float = 0.5
+    std: float = 0.25
+    n_train: int | None = None
+    bf16: bool = True
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if len(self.widths) < 2:
+            raise ValueError(f"widths needs at least two stages (C4 and C5), got {self.widths}")
+        stride = 2 ** len(self.widths)
+        if self.image_size % stride:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by {stride} for {len(self.widths)} stages"
+            )
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.n_segments < 1:
+            raise ValueError(f"n_segments must be at least 1, got {self.n_segments}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"crop_scale must be an increasing pair in (0, 1], got {self.crop_scale}")
+        if self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be odd, got {self.blur_kernel}")
+
+    @property
+    def grid(self) -> int:
+        """Side of the C5 feature map."""
+        return self.image_size // 2 ** len(self.widths)
+
+    def replace(self, **changes: Any) -> ByolConfig:
+        """A copy with some fields changed (lists become tuples)."""
+        return dataclasses.replace(self, **{k: _tuple(v) for k, v in changes.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ByolConfig:
+        """The config a :meth:`to_dict` wrote; unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ByolConfig fields: {', '.join(unknown)}")
+        return cls(**{k: _tuple(v) for k, v in data.items()})
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+BYOL_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "image_size": 32,
+        "widths": (8, 16),
+        "proj_hidden": 32,
+        "proj_dim": 16,
+        "n_segments": 12,
+        "k": 4,
+        "kmeans_iters": 5,
+        "epochs": 1,
+        "batch_size": 16,
+        "warmup_epochs": 0,
+    },
+    "book": {},
+    "paper": {
+        "image_size": 128,
+        "widths": (64, 128, 256, 512),
+        "proj_hidden": 4096,
+        "proj_dim": 256,
+        "n_segments": 64,
+        "k": 64,
+        "epochs": 300,
+        "batch_size": 256,
+        "lr": 1e-3,
+        "weight_decay": 1e-6,
+        "warmup_epochs": 10,
+        "momentum": 0.996,
+        "crop_scale": (0.08, 1.0),
+        "blur_kernel": 13,
+        "blur_sigma": (0.1, 2.0),
+        "threads": 8,
+    },
+}
+"""preset -> fields of :class:`ByolConfig` that differ from the defaults (the ``book`` preset)."""
+
+
+@dataclass(frozen=True)
+class ByolStudy:
+    """What the book's chapter runs for a preset, beside the runs' own config.
+
+    Attributes:
+        ablation_k: the values of K of the ablation (the preset's own K among them).
+        workers: runs trained at once, one process each (one per core).
+        n_show: test images shown in the figures.
+        refine_batch: test images clustered together when masks are shown
+            and scored (as one training batch is).
+    """
+
+    ablation_k: tuple[int, ...]
+    workers: int = 1
+    n_show: int = 4
+    refine_batch: int = 64
+
+
+BYOL_STUDIES: dict[str, ByolStudy] = {
+    "smoke": ByolStudy(ablation_k=(2, 4), workers=1, n_show=3, refine_batch=8),
+    "book": ByolStudy(ablation_k=(2, 8, 32), workers=2, n_show=4, refine_batch=64),
+    "paper": ByolStudy(ablation_k=(4, 16, 64), workers=1, n_show=6, refine_batch=256),
+}
+"""preset -> what the chapter runs (data, like :data:`BYOL_PRESETS`)."""
+
+
+def byol_study(preset: str) -> ByolStudy:
+    """The chapter's plan for a preset.
+
+    Raises:
+        ValueError: unknown preset.
+    """
+    if preset not in BYOL_STUDIES:
+        raise ValueError(f"unknown BYOL preset {preset!r}; known: {', '.join(BYOL_STUDIES)}")
+    return BYOL_STUDIES[preset]
+
+
+def byol_config(preset: str, **overrides: Any) -> ByolConfig:
+    """The config of a preset with some fields overridden.
+
+    Raises:
+        ValueError: unknown preset or field.
+    """
+    if preset not in BYOL_PRESETS:
+        raise ValueError(f"unknown BYOL preset {preset!r}; known: {', '.join(BYOL_PRESETS)}")
+    return ByolConfig.from_dict({**BYOL_PRESETS[preset], **overrides})
