@@ -46,13 +46,17 @@ data: $(STAMP) digits
 
 # every regimen that trains (the untrained `random` baseline is made where it is evaluated)
 TRAINED := dino,dino_cxr,span_triangular,span_global,span_deformable
+# the cast-part regimens that train, for the few-labels chapter (spanlib.book.FEWSHOT_REGIMENS)
+PART_REGIMENS := dino_cxr,span_triangular
 
 # The book: data, then every regimen's pretraining through papermill (each run
 # cached on disk), then Jupyter Book executes the chapters (cached by
 # jupyter-cache) and builds the HTML with warnings as errors.
 book: $(STAMP) digits
 	$(PY) -m spanlib data make --preset book --out data/generated/book --quiet
-	$(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --param regimen=$(TRAINED)
+	$(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --workers 2 --param regimen=$(TRAINED)
+	$(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --workers 2 \
+		--param regimen=$(PART_REGIMENS) --param dataset=parts --out runs/book/sweeps/03_pretraining-parts
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 
 lab: $(STAMP)

@@ -77,18 +77,29 @@ def _absolute(path: str | None, root: Path) -> str | None:
 def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None) -> Path:
     """Build knowledge maps with ``python -m spanlib templates build`` unless built.
 
-    The builder itself resumes: maps already built are skipped.
+    The builder itself resumes: maps already built are skipped. A lock file
+    beside ``out`` makes concurrent callers wait for one build.
     """
-    if (out / "manifest.json").is_file() and (out / "report.json").is_file():
-        return out
+    import fcntl
     import os
 
     from spanlib.cli import main
 
-    argv = ["templates", "build", "--kind", kind, "--data", str(data), "--out", str(out), "--no-progress"]
-    argv += ["--workers", str(workers or os.cpu_count() or 1)]
-    if main(argv) != 0:
-        raise RuntimeError(f"{out}: building {kind} knowledge maps failed")
+    def built() -> bool:
+        return (out / "manifest.json").is_file() and (out / "report.json").is_file()
+
+    if built():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # notebooks run at once (a sweep with workers) wait here for the first to build the maps
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if built():
+            return out
+        argv = ["templates", "build", "--kind", kind, "--data", str(data), "--out", str(out), "--no-progress"]
+        argv += ["--workers", str(workers or os.cpu_count() or 1)]
+        if main(argv) != 0:
+            raise RuntimeError(f"{out}: building {kind} knowledge maps failed")
     return out
 
 

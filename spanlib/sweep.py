@@ -15,7 +15,9 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +109,27 @@ def run_one(notebook: Path, params: dict[str, Any], out_dir: Path, name: str, ti
     return row
 
 
+def _run_and_report(job: tuple[Path, dict[str, Any], Path, str, int | None]) -> dict[str, Any]:
+    """One combination, printed as it ends (module level: runs in a worker process)."""
+    row = run_one(*job)
+    print(f"{row['name']}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""), flush=True)
+    return row
+
+
 def sweep(
     notebook: str | Path,
     grid: dict[str, list[Any]],
     out: str | Path,
     fixed: dict[str, Any] | None = None,
     timeout: int | None = None,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
     """Run every combination of ``grid`` (plus ``fixed`` parameters); write the table.
+
+    With ``workers > 1`` that many combinations run at once, each kernel with
+    ``OMP_NUM_THREADS`` set to its share of the cores (unless already set).
+    Combinations that share a cached step (data, knowledge maps) wait for
+    each other through the step's lock.
 
     Returns:
         One row per combination: its parameters, ``status`` (``ok``,
@@ -126,12 +141,26 @@ def sweep(
     notebook, out = Path(notebook).resolve(), Path(out)
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: notebook not found")
-    rows = []
-    for combo in combinations(grid):
-        params = {**(fixed or {}), **combo}
-        row = run_one(notebook, params, out, combo_name(combo), timeout)
-        print(f"{row['name']}: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""), flush=True)
-        rows.append(row)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    jobs = [(notebook, {**(fixed or {}), **combo}, out, combo_name(combo), timeout) for combo in combinations(grid)]
+    if workers == 1 or len(jobs) == 1:
+        rows = [_run_and_report(job) for job in jobs]
+    else:
+        # Each combination's kernel is its own process; split the cores between them (a kernel
+        # inherits OMP_NUM_THREADS), since two-thread processes sharing cores slow each other down.
+        # Worker processes, not threads: papermill's kernel client is not made for threads.
+        import multiprocessing
+
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        previous = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = previous or threads
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                rows = list(pool.map(_run_and_report, jobs))
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
     table = pd.DataFrame(rows)
     table.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
@@ -152,12 +181,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2", help="a grid axis")
     parser.add_argument("--out", help="where executed notebooks and the table go (default runs/<preset>/sweeps/<notebook>)")
     parser.add_argument("--timeout", type=int, help="seconds per cell")
+    parser.add_argument("--workers", type=int, default=1, help="combinations run at once (one kernel each)")
 
 
 def run(args: argparse.Namespace) -> int:
     notebook = Path(args.notebook)
     out = Path(args.out or f"runs/{args.preset}/sweeps/{notebook.stem}")
-    rows = sweep(notebook, parse_grid(args.param), out, fixed={"preset": args.preset}, timeout=args.timeout)
+    rows = sweep(notebook, parse_grid(args.param), out, fixed={"preset": args.preset}, timeout=args.timeout,
+                 workers=args.workers)
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"{len(rows)} runs, {len(failed)} failed; table: {out / 'results.csv'}")
     return 1 if failed else 0
