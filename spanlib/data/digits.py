@@ -148,7 +148,7 @@ def pools(source: DigitSource, seed: int, config: DigitsConfig = DigitsConfig())
     return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+def background_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """A random background texture in [0, ~0.4]: smooth blobs or a grating."""
     if rng.random() < 0.5:
         field = ndimage.gaussian_filter(rng.standard_normal((size, size)), rng.uniform(1.0, 4.0))
@@ -161,7 +161,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return (rng.uniform(0.15, 0.4) * field).astype(np.float32)
 
 
-def _fragment(rng: np.random.Generator, digit: np.ndarray, side: int) -> np.ndarray:
+def digit_fragment(rng: np.random.Generator, digit: np.ndarray, side: int) -> np.ndarray:
     """The inkiest of a few random ``side x side`` crops of a digit."""
     corners = rng.integers(0, 28 - side + 1, (4, 2))
     crops = [digit[r : r + side, c : c + side] for r, c in corners]
@@ -197,10 +197,10 @@ def make_cluttered_digit(
     if size < 28:
         raise ValueError(f"canvas must be at least 28 pixels, got {size}")
     chosen = int(pool[rng.integers(len(pool))])
-    canvas = _texture(rng, size) if rng.random() < config.texture_rate else np.zeros((size, size), np.float32)
+    canvas = background_texture(rng, size) if rng.random() < config.texture_rate else np.zeros((size, size), np.float32)
     for _ in range(config.fragments):
         other = int(pool[rng.integers(len(pool))])
-        patch = _fragment(rng, source.images[other], side)
+        patch = digit_fragment(rng, source.images[other], side)
         r, c = rng.integers(0, size - side + 1, 2)
         canvas[r : r + side, c : c + side] = np.maximum(canvas[r : r + side, c : c + side], patch)
     digit = source.images[chosen]

@@ -1,0 +1,287 @@
+"""Training one variant (DINO with an EMA teacher, or SimCLR-style NCE), cached on disk by its configuration."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spanlib import dino as D
+from spanlib.attention_study.config import StudyConfig
+from spanlib.attention_study.losses import ProjectionHead, branch_dino_loss, branch_nce_loss, positive_top1
+from spanlib.attention_study.views import CanvasRenderer, ViewStream
+from spanlib.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from spanlib.vit import build_vit
+
+CACHE_VERSION = 1
+"""Bump when training changes in a way the configuration does not show, to retrain cached variants."""
+
+Monitor = Callable[[nn.Module], Mapping[str, float]]
+"""Called with the evaluated backbone (eval mode, no gradients); returns values to log."""
+
+
+@dataclass
+class TrainedVariant:
+    """A trained (or loaded) variant.
+
+    Attributes:
+        name: the variant's name.
+        config: its configuration.
+        backbone: the ViT whose attention is evaluated (DINO: the teacher), in eval mode.
+        log: one record per logged step (``step``, ``loss``, ...).
+        seconds: training time (as recorded when it was trained).
+        cached: whether it was loaded from the cache.
+    """
+
+    name: str
+    config: StudyConfig
+    backbone: nn.Module
+    log: list[dict[str, Any]]
+    seconds: float
+    cached: bool = False
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU (which always works)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` torch threads inside the block (``None``: leave as is), then restore."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def train_variant(
+    cfg: StudyConfig,
+    renderer: CanvasRenderer,
+    name: str = "variant",
+    log_every: int = 25,
+    monitor: Monitor | None = None,
+    num_threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    data_worker: bool | None = None,
+    device: str | torch.device | None = None,
+) -> TrainedVariant:
+    """Train one variant from scratch; the caller's RNG state is left untouched.
+
+    Every step draws ``batch_size`` digits from the renderer's pool, makes
+    both branches' crops (:func:`spanlib.attention_study.views.make_views`)
+    and takes one AdamW step with DINO's cosine schedules. DINO: an EMA
+    teacher sees every crop, the student every crop, the loss pairs crops
+    of different branches (:func:`branch_dino_loss`), the teacher is
+    evaluated. NCE: one network, NT-Xent over pairs of crops of different
+    branches (:func:`branch_nce_loss`).
+
+    Args:
+        cfg: the variant (``steps = 0`` returns the random initialisation).
+        renderer: draws the training canvases (from the train digit pool).
+        name: for messages and the result.
+        log_every: log every this many steps (and the last step).
+        monitor: called before the first step and at every logged step;
+            its values join the log record.
+        num_threads: cores to use (``None``: torch's current thread count).
+            With a data worker, the model gets one thread fewer.
+        progress: called with a one-line summary when done.
+        data_worker: draw the batches in a worker process, so that one core
+            makes canvases while another trains (default: when there are
+            at least 2 cores to use and 20 steps to take). The batches are
+            the same either way (:class:`~spanlib.attention_study.views.ViewStream`).
+        device: where to train (default :func:`default_device`: CUDA when
+            present, else the CPU).
+
+    Returns:
+        The trained variant; its backbone (on the CPU, in eval mode) is the
+        one to evaluate.
+
+    Raises:
+        RuntimeError: the loss became NaN or infinite.
+    """
+    start = time.perf_counter()
+    log: list[dict[str, Any]] = []
+    device = torch.device(device) if device is not None else default_device()
+    cores = int(num_threads or torch.get_num_threads())
+    if data_worker is None:
+        data_worker = cores >= 2 and cfg.steps >= 20
+    with torch.random.fork_rng(devices=[]), torch_threads(cores - 1 if data_worker and cores > 1 else cores):
+        torch.manual_seed(cfg.seed)
+        backbone = build_vit(cfg.model_config())
+        if cfg.loss == "dino":
+            head: nn.Module = D.DINOHead(backbone.num_features, cfg.dino_config())
+        else:
+            head = ProjectionHead(backbone.num_features, cfg.proj_hidden, cfg.proj_dim)
+        student = D.DinoNetwork(backbone, head).to(device)
+        teacher, loss_fn = None, None
+        if cfg.loss == "dino":
+            teacher = copy.deepcopy(student)
+            for p in teacher.parameters():
+                p.requires_grad = False
+            loss_fn = D.DINOLoss(cfg.dino_config(), n_crops=2, epochs=1).to(device)
+        evaluated = teacher if teacher is not None else student
+        if cfg.steps > 0:
+            optimizer = torch.optim.AdamW(D.param_groups(student), foreach=True)
+            lr_sched = D.cosine_scheduler(cfg.lr, cfg.min_lr, cfg.steps, 1, min(cfg.warmup_steps, cfg.steps))
+            wd_sched = D.cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, cfg.steps, 1)
+            mom_sched = D.cosine_scheduler(cfg.momentum_teacher, 1.0, cfg.steps, 1)
+            batches = torch.utils.data.DataLoader(
+                ViewStream(renderer, cfg),
+                batch_size=None,
+                num_workers=1 if data_worker else 0,
+                prefetch_factor=2 if data_worker else None,
+                pin_memory=device.type == "cuda",
+            )
+            if monitor is not None:
+                log.append({"step": 0, **_observe(monitor, evaluated.backbone)})
+            student.train()
+            for step, (views_a, views_b) in enumerate(batches):
+                views_a = [v.to(device, non_blocking=True) for v in views_a]
+                views_b = [v.to(device, non_blocking=True) for v in views_b]
+                for i, group in enumerate(optimizer.param_groups):
+                    group["lr"] = float(lr_sched[step])
+                    if i == 0:
+                        group["weight_decay"] = float(wd_sched[step])
+                record, teacher_logits = _forward_backward(cfg, student, teacher, loss_fn, views_a, views_b)
+                if not math.isfinite(record["loss"]):
+                    raise RuntimeError(f"{name}: the loss is {record['loss']} at step {step}; try a lower lr than {cfg.lr}")
+                if cfg.clip_grad:
+                    D.clip_gradients(student, cfg.clip_grad)
+                D.cancel_last_layer_gradients(step, student, cfg.freeze_last_layer_steps)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if teacher is not None and loss_fn is not None and teacher_logits is not None:
+                    D.ema_update(teacher, student, float(mom_sched[step]))
+                    loss_fn.update_center([teacher_logits])
+                if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+                    if monitor is not None:
+                        record.update(_observe(monitor, evaluated.backbone))
+                    log.append({"step": step + 1, "lr": float(lr_sched[step]), **record})
+        model = evaluated.backbone.eval().cpu()
+    seconds = time.perf_counter() - start
+    if progress is not None:
+        last = f", last loss {log[-1]['loss']:.3f}" if log and "loss" in log[-1] else ""
+        progress(f"{name}: trained {cfg.steps} steps in {seconds:.1f} s{last}")
+    return TrainedVariant(name=name, config=cfg, backbone=model, log=log, seconds=seconds)
+
+
+def _observe(monitor: Monitor, backbone: nn.Module) -> dict[str, float]:
+    """Run a monitor on the backbone in eval mode, without gradients and without touching the RNG."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            return {k: float(v) for k, v in monitor(backbone).items()}
+    finally:
+        backbone.train(was_training)
+
+
+def _forward_backward(
+    cfg: StudyConfig,
+    student: D.DinoNetwork,
+    teacher: D.DinoNetwork | None,
+    loss_fn: D.DINOLoss | None,
+    views_a: list[torch.Tensor],
+    views_b: list[torch.Tensor],
+) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Forward and backward of one step: the logged values and the teacher's outputs (DINO)."""
+    n = cfg.crops
+    logits, _, _ = student(views_a + views_b)
+    chunks = logits.chunk(2 * n)
+    if cfg.loss == "nce":
+        loss = branch_nce_loss(chunks[:n], chunks[n:], cfg.temperature)
+        loss.backward()
+        with torch.no_grad():
+            top1 = positive_top1(chunks[0], chunks[n])
+        return {"loss": loss.item(), "positive_top1": top1}, None
+    if teacher is None or loss_fn is None:
+        raise ValueError("DINO needs a teacher and its loss")
+    with torch.no_grad():
+        teacher_logits, _, _ = teacher(views_a + views_b)
+    t_chunks = teacher_logits.chunk(2 * n)
+    loss = branch_dino_loss(loss_fn, chunks[:n], chunks[n:], t_chunks[:n], t_chunks[n:])
+    loss.backward()
+    entropy, mean_entropy = D.output_entropy(teacher_logits, loss_fn.center, loss_fn.teacher_temp(0))
+    record = {"loss": loss.item(), "teacher_entropy": entropy, "teacher_mean_entropy": mean_entropy}
+    return record, teacher_logits.detach()
+
+
+def cache_key(cfg: StudyConfig, meta: Mapping[str, Any], monitor_key: Any = None) -> dict[str, Any]:
+    """What a cached variant must match: its configuration, the data it was trained on, what was monitored."""
+    data = {k: meta.get(k) for k in ("generator", "generator_version", "seed", "config", "source")}
+    return json.loads(json.dumps(
+        {"cache_version": CACHE_VERSION, "config": cfg.to_dict(), "data": data, "monitor": monitor_key}
+    ))
+
+
+def ensure_variant(
+    name: str,
+    cfg: StudyConfig,
+    renderer: CanvasRenderer,
+    meta: Mapping[str, Any],
+    cache_dir: str | Path | None,
+    monitor: Monitor | None = None,
+    monitor_key: Any = None,
+    log_every: int = 25,
+    num_threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TrainedVariant:
+    """Load a variant from ``cache_dir`` when its key matches; train and cache it otherwise.
+
+    The folder holds ``model.pt`` (the evaluated backbone), ``log.jsonl`` and
+    ``key.json``, written last, so a folder without it is incomplete and is
+    trained again.
+
+    Args:
+        name: the variant's name.
+        cfg: its configuration.
+        renderer: draws the training canvases.
+        meta: the dataset's ``meta.json`` (part of the key).
+        cache_dir: the variant's folder (``None``: no cache).
+        monitor: see :func:`train_variant`.
+        monitor_key: what identifies the monitor (part of the key).
+        log_every: see :func:`train_variant`.
+        num_threads: see :func:`train_variant`.
+        progress: see :func:`train_variant`.
+    """
+    key = cache_key(cfg, meta, monitor_key)
+    folder = Path(cache_dir) if cache_dir is not None else None
+    if folder is not None and (folder / "key.json").is_file() and (folder / "model.pt").is_file():
+        try:
+            stored = json.loads((folder / "key.json").read_text())
+        except json.JSONDecodeError:
+            stored = {}
+        if stored.get("key") == key:
+            try:
+                backbone = build_vit(cfg.model_config())
+                backbone.load_state_dict(load_checkpoint(folder / "model.pt"))
+                lines = (folder / "log.jsonl").read_text().splitlines() if (folder / "log.jsonl").is_file() else []
+                log = [json.loads(line) for line in lines if line.strip()]
+            except (ValueError, RuntimeError) as error:  # unreadable or mismatched files: train again
+                if progress is not None:
+                    progress(f"{name}: cached files in {folder} unusable ({error}); training again")
+            else:
+                if progress is not None:
+                    progress(f"{name}: loaded from {folder}")
+                return TrainedVariant(name, cfg, backbone.eval(), log, float(stored.get("seconds", 0.0)), cached=True)
+    trained = train_variant(cfg, renderer, name, log_every, monitor, num_threads, progress)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "key.json").unlink(missing_ok=True)
+        save_atomic(trained.backbone.state_dict(), folder / "model.pt")
+        (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trained.log))
+        write_json_atomic({"key": key, "seconds": round(trained.seconds, 2)}, folder / "key.json")
+    return trained
