@@ -46,6 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spanlib.device import torch_threads
+
 METHODS: tuple[str, ...] = ("deformable", "affine", "fallback")
 
 
@@ -481,12 +483,8 @@ def single_thread() -> Iterator[None]:
     threads made it several times slower in CPU time, not faster. Parallelism
     comes from one single-threaded worker process per core instead.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def register_batch(

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spanlib.device import default_device
+
 ARCHS: tuple[str, ...] = ("unet", "deeplabv3_resnet50", "deeplabv3_resnet101")
 
 
@@ -130,11 +132,6 @@ def build_segmenter(config: SegConfig, n_classes: int) -> nn.Module:
     if config.arch == "unet":
         return SmallUNet(n_classes, config.channels)
     return _DeepLab(config.arch, n_classes)
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def to_tensor(images: Iterable[np.ndarray], size: int) -> torch.Tensor:

@@ -20,7 +20,8 @@ from spanlib.attention_study.scoring import (
     score_attention,
     uniform_reference,
 )
-from spanlib.attention_study.training import default_device, ensure_variant, torch_threads
+from spanlib.attention_study.training import ensure_variant
+from spanlib.device import default_device, torch_threads
 from spanlib.attention_study.views import CanvasRenderer, ensure_digits, training_renderer
 from spanlib.data.digits import DigitSource, load_digit_source
 

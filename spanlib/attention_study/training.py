@@ -6,8 +6,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from spanlib.attention_study.config import StudyConfig
 from spanlib.attention_study.losses import ProjectionHead, branch_dino_loss, branch_nce_loss, positive_top1
 from spanlib.attention_study.views import CanvasRenderer, ViewStream
 from spanlib.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from spanlib.device import default_device, torch_threads
 from spanlib.vit import build_vit
 
 CACHE_VERSION = 1
@@ -48,23 +48,6 @@ class TrainedVariant:
     log: list[dict[str, Any]]
     seconds: float
     cached: bool = False
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else the CPU (which always works)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Use ``n`` torch threads inside the block (``None``: leave as is), then restore."""
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def train_variant(

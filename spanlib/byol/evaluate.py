@@ -31,6 +31,7 @@ from spanlib.byol.config import ByolConfig
 from spanlib.byol.data import ByolData
 from spanlib.byol.masks import best_iou, refine_masks
 from spanlib.byol.views import normalize
+from spanlib.device import torch_threads
 from spanlib.metrics import iou
 
 __all__ = [
@@ -56,19 +57,16 @@ def encode(encoder: torch.nn.Module, images: np.ndarray, cfg: ByolConfig, batch_
     uses ``num_threads`` threads meanwhile (``None`` leaves the setting).
     """
     was_training = encoder.training
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
     encoder.eval()
     out = []
     try:
-        for chunk in torch.as_tensor(images).float().split(batch_size):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                maps = encoder(normalize(chunk, cfg))
-            out.append(maps[0 if stage == "c4" else 1].float())
+        with torch_threads(num_threads):
+            for chunk in torch.as_tensor(images).float().split(batch_size):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    maps = encoder(normalize(chunk, cfg))
+                out.append(maps[0 if stage == "c4" else 1].float())
     finally:
         encoder.train(was_training)
-        torch.set_num_threads(previous)
     return torch.cat(out)
 
 
@@ -118,10 +116,7 @@ def segmentation_probe(
         raise ValueError(
             f"{len(mask_names)} mask names for {train_masks.shape[1]} / {test_masks.shape[1]} mask channels"
         )
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads):
         mean = train_maps.mean(dim=(0, 2, 3), keepdim=True)
         std = train_maps.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6)
         x_train = (train_maps - mean) / std
@@ -144,8 +139,6 @@ def segmentation_probe(
         with torch.no_grad():
             final = float(F.binary_cross_entropy_with_logits(logits(x_train, grid), y_train))
             pred = logits(x_test, tuple(test_masks.shape[-2:])) > 0
-    finally:
-        torch.set_num_threads(previous)
     truth = torch.as_tensor(test_masks)
     per_image = np.stack([100.0 * iou(pred[:, j], truth[:, j]).numpy() for j in range(len(mask_names))], axis=1)
     scores = {name: float(np.nanmean(per_image[:, j])) if np.isfinite(per_image[:, j]).any() else math.nan

@@ -39,6 +39,7 @@ from spanlib.byol.masks import carry_masks, mask_pool, one_hot, refine_masks
 from spanlib.byol.model import ByolNetwork, byol_loss, update_target
 from spanlib.byol.views import ByolViews, normalize
 from spanlib.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json_atomic
+from spanlib.device import default_device, torch_threads
 from spanlib.dino import cosine_scheduler, param_groups
 
 __all__ = [
@@ -54,11 +55,6 @@ __all__ = [
     "run_name",
     "train_byol",
 ]
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def build_networks(cfg: ByolConfig) -> tuple[ByolNetwork, ByolNetwork]:
@@ -203,9 +199,7 @@ def train_byol(
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.to_dict(), out / "config.json")
 
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, cfg.threads))
-    try:
+    with torch_threads(max(1, cfg.threads)):
         online, target = build_networks(cfg)
         online.to(device)
         target.to(device)
@@ -252,8 +246,6 @@ def train_byol(
             if index == per_epoch - 1 or step + 1 == stop:
                 _save(out, online, target, opt, step + 1)
         seconds = time.perf_counter() - began
-    finally:
-        torch.set_num_threads(previous_threads)
     summary = {"steps": stop, "total_steps": total, "seconds": seconds, "images": n, "batch_size": batch,
                "seconds_per_step": seconds / max(stop - start, 1), "resumed_from": start, "device": str(device),
                "threads": max(1, cfg.threads)}
