@@ -46,7 +46,7 @@ data: $(STAMP) digits
 
 # every regimen that trains (the untrained `random` baseline is made where it is evaluated)
 TRAINED := dino,dino_cxr,span_triangular,span_global,span_deformable
-# the cast-part regimens that train, for the few-labels chapter (spanlib.book.FEWSHOT_REGIMENS)
+# the cast-part regimens that train, for the few-labels chapter (spanlib.book.runs.FEWSHOT_REGIMENS)
 PART_REGIMENS := dino_cxr,span_triangular
 
 # The book: data, then every regimen's pretraining through papermill (each run

@@ -14,11 +14,11 @@ import sys
 # verb -> (module exposing ``add_arguments(parser)`` and ``run(args) -> int``, help)
 VERBS: dict[str, tuple[str, str]] = {
     "data": ("spanlib.data.cli", "make the embedded default data, or scan a dataset for bad files"),
-    "templates": ("spanlib.templates_cli", "build knowledge maps (triangular, global, deformable)"),
-    "pretrain": ("spanlib.train", "DINO / SPAN pretraining of a ViT"),
-    "evaluate": ("spanlib.evaluate", "attention mAP, linear probe, few-shot, k-NN for a run"),
-    "bench": ("spanlib.bench", "measurements behind the book's performance page"),
-    "sweep": ("spanlib.sweep", "run a grid of notebooks through papermill"),
+    "templates": ("spanlib.maps.build", "build knowledge maps (triangular, global, deformable)"),
+    "pretrain": ("spanlib.pretrain.cli", "DINO / SPAN pretraining of a ViT"),
+    "evaluate": ("spanlib.eval.cli", "attention mAP, linear probe, few-shot, k-NN for a run"),
+    "bench": ("spanlib.bench.cli", "measurements behind the book's performance page"),
+    "sweep": ("spanlib.book.cli", "run a grid of notebooks through papermill"),
 }
 
 

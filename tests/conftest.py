@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spanlib.config import ModelConfig
+from spanlib.core.configs import ModelConfig
 
 
 @pytest.fixture

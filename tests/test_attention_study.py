@@ -10,9 +10,9 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from spanlib import attention_study as A
-from spanlib.config import DinoConfig
+from spanlib.core.configs import DinoConfig
 from spanlib.data.digits import STREAM, DigitsConfig, DigitSource, make_cluttered_digit
-from spanlib.dino import DINOLoss
+from spanlib.model.dino import DINOLoss
 
 
 def _source(n: int = 30, seed: int = 0) -> DigitSource:

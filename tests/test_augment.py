@@ -1,7 +1,7 @@
 import torch
 
-from spanlib.augment import HorizontalFlipSwap, ViewMaker, flip_permutation
-from spanlib.config import ViewConfig
+from spanlib.pretrain.augment import HorizontalFlipSwap, ViewMaker, flip_permutation
+from spanlib.core.configs import ViewConfig
 
 ORGANS = ("left_lung", "right_lung", "heart")
 

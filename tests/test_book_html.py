@@ -6,7 +6,7 @@ notebook of ``_toc.yml`` is executed with the ``smoke`` parameters
 ``conftest.py``, shared with ``tests/test_notebooks.py``), the executed ``.ipynb`` replaces its text source, execution is
 switched off in the copied ``_config.yml``, and ``jupyter-book build -W
 --keep-going`` must succeed. ``spanlib`` is linked, not copied (the kernel
-imports the installed package; the link lets ``spanlib.book.project_root``
+imports the installed package; the link lets ``spanlib.book.runs.project_root``
 find the copy). The caches ``runs/`` and ``data/generated/`` are linked to
 the repository's, the folders the notebook smoke runs of
 ``tests/test_notebooks.py`` use, so a run trained by one is reused by the
@@ -143,7 +143,7 @@ def test_notebook_pages_have_figures_and_tables(built_book):
         assert page.is_file(), f"{entry}: no HTML page"
         html = page.read_text()
         as_text = _figures_as_text(notebook)
-        assert not as_text, f"{entry}: figures printed as text, not shown: {as_text[:3]} (return a spanlib.viz.BookFigure)"
+        assert not as_text, f"{entry}: figures printed as text, not shown: {as_text[:3]} (return a spanlib.figures.attention.BookFigure)"
         images, expected = html.count("<img"), _image_outputs(notebook)
         assert images >= max(1, expected), (
             f"{entry}: {images} <img> on the page for {expected} image outputs (a widget shown instead of its PNG?)"

@@ -10,14 +10,14 @@ import torch
 from matplotlib.figure import Figure
 from traitlets import TraitError
 
-from spanlib.augment import ViewMaker
-from spanlib.browser import ALL_HEADS, AttentionBrowser, static_browser_figure
-from spanlib.config import resolve
+from spanlib.pretrain.augment import ViewMaker
+from spanlib.book.browser import ALL_HEADS, AttentionBrowser, static_browser_figure
+from spanlib.core.configs import resolve
 from spanlib.data import FolderDataset, make_default_data
-from spanlib.evaluate import load_backbone
-from spanlib.templates import triangular_maps
-from spanlib.train import pretrain
-from spanlib.vit import cls_attention
+from spanlib.eval.evaluate import load_backbone
+from spanlib.maps.heuristic import triangular_maps
+from spanlib.pretrain.train import pretrain
+from spanlib.model.vit import cls_attention
 
 
 @pytest.fixture(scope="module")

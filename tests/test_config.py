@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spanlib.config import REGIMENS, Config, load_config, parse_override, preset_names, resolve
+from spanlib.core.configs import REGIMENS, load_config, parse_override, resolve
 from spanlib.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

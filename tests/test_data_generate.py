@@ -25,7 +25,7 @@ from spanlib.data import (
     make_default_data,
 )
 from spanlib.data.digits import find_mnist_dir, load_mnist_json, load_sklearn_digits, pools
-from spanlib.viz_data import sample_grid
+from spanlib.figures.samples import sample_grid
 
 
 @pytest.fixture(scope="module")

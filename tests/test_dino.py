@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spanlib import dino as D
-from spanlib.config import DinoConfig
+from spanlib.model import dino as D
+from spanlib.core.configs import DinoConfig
 
 
 def _reference_loss(student, teacher, center, s_temp, t_temp, n_crops):

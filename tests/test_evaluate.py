@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from spanlib.cli import main
-from spanlib.config import resolve
+from spanlib.core.configs import resolve
 from spanlib.data import make_default_data
-from spanlib.evaluate import attention_scores, evaluate, extract, load_backbone
-from spanlib.train import pretrain
+from spanlib.eval.evaluate import attention_scores, evaluate, extract, load_backbone
+from spanlib.pretrain.train import pretrain
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Golden tests of spanlib.metrics: AP against scikit-learn, the patch path
+"""Golden tests of spanlib.eval.metrics: AP against scikit-learn, the patch path
 against the pixel path, and hand-built maps for the pointing game, the mass
 threshold and IoU."""
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
-from spanlib import metrics
+from spanlib.eval import metrics
 
 
 def sklearn_ap(scores: torch.Tensor, targets: torch.Tensor) -> np.ndarray:

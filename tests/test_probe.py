@@ -1,4 +1,4 @@
-"""Tests of spanlib.probe on synthetic features with known structure."""
+"""Tests of spanlib.eval.probe on synthetic features with known structure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spanlib import probe
+from spanlib.eval import probe
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion", "No Finding"]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spanlib import registration as reg
-from spanlib.templates import dice
+from spanlib.maps import registration as reg
+from spanlib.maps.heuristic import dice
 
 FAST = reg.RegistrationConfig(
     affine_levels=((32, 40),), bspline_levels=((32, 4, 40), (64, 8, 40)), batch_size=8
@@ -193,7 +193,7 @@ def test_rejected_deformations_fall_back_to_the_affine_stage() -> None:
 def test_benchmark_runs_and_reports_json(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from spanlib.registration_bench import main
+    from spanlib.bench.register import main
 
     code = main(["--n", "2", "--ref-n", "1", "--rounds", "1", "--workers", "1", "--image-size", "64", "--map-size",
                  "32", "--candidates", "1", "--variants", "", "--no-global", "--json"])

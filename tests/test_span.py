@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from spanlib.config import ModelConfig
-from spanlib.span import inside_share, maps_to_grid, span_loss
-from spanlib.vit import build_vit, cls_attention
+from spanlib.core.configs import ModelConfig
+from spanlib.model.span import inside_share, maps_to_grid, span_loss
+from spanlib.model.vit import build_vit, cls_attention
 
 
 def _attention(inside: float) -> tuple[torch.Tensor, torch.Tensor]:

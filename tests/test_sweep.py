@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from spanlib import book
-from spanlib.sweep import combinations, combo_name, parse_grid, sweep
+from spanlib.book import runs as book
+from spanlib.book.sweep import combinations, combo_name, parse_grid, sweep
 
 NOTEBOOK = """\
 ---
@@ -37,7 +37,7 @@ results_path = ""
 ```{code-cell} ipython3
 import os
 
-from spanlib.book import record
+from spanlib.book.runs import record
 
 if x == 2:
     raise ValueError("x = 2 is not allowed")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from spanlib.cli import main as cli_main
-from spanlib.registration import RegistrationConfig
-from spanlib.templates import (
+from spanlib.maps.registration import RegistrationConfig
+from spanlib.maps.heuristic import (
     CHEST_ORGANS,
     MapFileError,
     dice,
@@ -23,7 +23,7 @@ from spanlib.templates import (
     save_maps,
     triangular_maps,
 )
-from spanlib.templates_cli import build_knowledge_maps, parse_shard, shard_ids
+from spanlib.maps.build import build_knowledge_maps, parse_shard, shard_ids
 
 
 def test_triangular_maps_shape_and_dtype() -> None:
@@ -232,7 +232,7 @@ def test_unknown_exemplar_is_an_error(chest_dir: Path, tmp_path: Path) -> None:
 def test_segmenter_shapes_save_and_load(tmp_path: Path) -> None:
     import torch
 
-    from spanlib.segmentation import SegConfig, SmallUNet, load_segmenter, predict_probabilities, save_segmenter
+    from spanlib.maps.segmentation import SegConfig, SmallUNet, load_segmenter, predict_probabilities, save_segmenter
 
     config = SegConfig(size=32, channels=(4, 8, 16))
     model = SmallUNet(3, config.channels).eval()
@@ -254,7 +254,7 @@ def test_segmenter_shapes_save_and_load(tmp_path: Path) -> None:
 def test_paper_segmenter_builds_offline() -> None:
     import torch
 
-    from spanlib.segmentation import SegConfig, build_segmenter
+    from spanlib.maps.segmentation import SegConfig, build_segmenter
 
     model = build_segmenter(SegConfig(arch="deeplabv3_resnet50"), 3).eval()  # weights=None: nothing downloaded
     with torch.no_grad():
@@ -265,7 +265,7 @@ def test_paper_segmenter_builds_offline() -> None:
 
 
 def test_deformable_with_the_simpleitk_method(chest_dir: Path, tmp_path: Path) -> None:
-    from spanlib.registration import SitkConfig
+    from spanlib.maps.registration import SitkConfig
 
     config = SitkConfig(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0), affine_iterations=30, bspline_iterations=10)
     report = build_knowledge_maps("deformable", chest_dir, tmp_path / "sitk", size=32, method="sitk",

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from spanlib.checkpoint import load_checkpoint, read_log
-from spanlib.config import resolve
-from spanlib.train import DivergenceError, Pretrainer, pretrain
+from spanlib.core.checkpoint import load_checkpoint, read_log
+from spanlib.core.configs import resolve
+from spanlib.pretrain.train import DivergenceError, Pretrainer, pretrain
 
 from conftest import toy_samples
 
@@ -94,7 +94,7 @@ def test_gradient_accumulation_updates_teacher_once_per_step(tmp_path, toy):
     cfg = _cfg("dino_cxr", **{"optim.accum_steps": 2, "optim.batch_size": 4, "optim.epochs": 1})
     trainer = Pretrainer(cfg, tmp_path / "acc", samples=toy)
     updates = {"ema": 0, "center": 0}
-    import spanlib.dino as D
+    import spanlib.model.dino as D
 
     ema = D.ema_update
     center = trainer.loss_fn.update_center
@@ -108,7 +108,7 @@ def test_gradient_accumulation_updates_teacher_once_per_step(tmp_path, toy):
         assert len(outputs) == 2, "the center sees every micro-batch of the step"
         return center(outputs)
 
-    import spanlib.train as T
+    import spanlib.pretrain.train as T
 
     T.D.ema_update, trainer.loss_fn.update_center = count_ema, count_center
     try:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from spanlib.config import ModelConfig
-from spanlib.vit import build_vit, cls_attention, explicit_attention, forward_with_attention, load_pretrained
+from spanlib.core.configs import ModelConfig
+from spanlib.model.vit import build_vit, cls_attention, explicit_attention, forward_with_attention, load_pretrained
 
 
 def test_cls_attention_equals_explicit_softmax(tiny_model_cfg):

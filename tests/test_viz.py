@@ -1,4 +1,4 @@
-"""Figures of :mod:`spanlib.viz`: axes counts, the mass threshold, no pyplot state."""
+"""Figures of :mod:`spanlib.figures.attention`: axes counts, the mass threshold, no pyplot state."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from spanlib import viz
+from spanlib.figures import attention as viz
 
 SIZE, GRID = 32, 4
 

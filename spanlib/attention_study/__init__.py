@@ -7,7 +7,7 @@ of the last block, how much of the CLS attention falls on the digit rather
 than on the clutter. Four factors are varied, one at a time:
 
 * **loss**: DINO's cross-entropy between an EMA teacher's centred, sharpened
-  output and the student's (:class:`spanlib.dino.DINOLoss`), or SimCLR's
+  output and the student's (:class:`spanlib.model.dino.DINOLoss`), or SimCLR's
   contrastive NCE loss (:func:`nt_xent`: one network and a projection head;
   the other view of the same canvas is the positive, the ``2N - 2`` views of
   the other canvases of the batch the negatives);
@@ -27,7 +27,7 @@ Modules: :mod:`~spanlib.attention_study.config` (variants and presets, as
 data), :mod:`~spanlib.attention_study.views` (canvases and crops),
 :mod:`~spanlib.attention_study.losses`, :mod:`~spanlib.attention_study.training`
 (one variant, cached by its configuration), :mod:`~spanlib.attention_study.scoring`
-(pixel AP and the pointing game of :mod:`spanlib.metrics`, per head, and the
+(pixel AP and the pointing game of :mod:`spanlib.eval.metrics`, per head, and the
 AP of digit against clutter ink), :mod:`~spanlib.attention_study.study`
 (:func:`run_study`: every variant of a preset) and
 :mod:`~spanlib.attention_study.figures`.

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spanlib.config import DinoConfig, ModelConfig
+from spanlib.core.configs import DinoConfig, ModelConfig
 
 LOSSES: tuple[str, ...] = ("dino", "nce")
 """Self-supervised losses compared: DINO's cross-entropy and SimCLR's NT-Xent."""
@@ -140,7 +140,7 @@ class StudyConfig:
         return dataclasses.replace(self, **changes)
 
     def model_config(self) -> ModelConfig:
-        """The backbone for :func:`spanlib.vit.build_vit` (grey input, no drop path)."""
+        """The backbone for :func:`spanlib.model.vit.build_vit` (grey input, no drop path)."""
         return ModelConfig(
             arch="vit_tiny_patch16_224",
             img_size=self.img_size,

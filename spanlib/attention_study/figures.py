@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 
 from spanlib.attention_study.study import StudyResults
 from spanlib.attention_study.views import as_image, augmentation
-from spanlib.viz import STYLE, BookFigure, attention_grid
+from spanlib.figures.attention import STYLE, BookFigure, attention_grid
 
 METRIC_LABELS: dict[str, str] = {
     "ap": "pixel AP vs digit (%)",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spanlib.dino import DINOLoss
+from spanlib.model.dino import DINOLoss
 
 
 def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -77,7 +77,7 @@ def branch_dino_loss(
     Uses ``loss_fn``'s centre, first teacher temperature and student
     temperature. With one crop per branch this is exactly
     ``loss_fn(cat(student_a + student_b), cat(teacher_a + teacher_b), 0)``
-    of a :class:`spanlib.dino.DINOLoss` over two crops.
+    of a :class:`spanlib.model.dino.DINOLoss` over two crops.
     """
     temp = loss_fn.teacher_temp(0)
 

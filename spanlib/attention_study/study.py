@@ -21,7 +21,7 @@ from spanlib.attention_study.scoring import (
     uniform_reference,
 )
 from spanlib.attention_study.training import ensure_variant
-from spanlib.device import default_device, torch_threads
+from spanlib.core.device import default_device, torch_threads
 from spanlib.attention_study.views import CanvasRenderer, ensure_digits, training_renderer
 from spanlib.data.digits import DigitSource, load_digit_source
 
@@ -131,7 +131,7 @@ class StudyResults:
         return pd.DataFrame(data).T.round(1)
 
     def headline(self) -> dict[str, dict[str, float]]:
-        """Per variant: the summary numbers, rounded (for :func:`spanlib.book.record`)."""
+        """Per variant: the summary numbers, rounded (for :func:`spanlib.book.runs.record`)."""
         return {name: {k: round(v, 2) for k, v in r.summary().items()} for name, r in self.variants.items()}
 
     def training_seconds(self) -> float:
@@ -170,7 +170,7 @@ def run_study(
     Raises:
         ValueError: a preset object without ``data`` or ``cache_root``.
     """
-    from spanlib.book import runs_dir
+    from spanlib.core.paths import runs_dir
     from spanlib.data import FolderDataset
 
     if isinstance(preset, StudyPreset):

@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from spanlib import dino as D
+from spanlib.model import dino as D
 from spanlib.attention_study.config import StudyConfig
 from spanlib.attention_study.losses import ProjectionHead, branch_dino_loss, branch_nce_loss, positive_top1
 from spanlib.attention_study.views import CanvasRenderer, ViewStream
-from spanlib.checkpoint import load_checkpoint, save_atomic, write_json_atomic
-from spanlib.device import default_device, torch_threads
-from spanlib.vit import build_vit
+from spanlib.core.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from spanlib.core.device import default_device, torch_threads
+from spanlib.model.vit import build_vit
 
 CACHE_VERSION = 1
 """Bump when training changes in a way the configuration does not show, to retrain cached variants."""

@@ -251,7 +251,7 @@ def ensure_digits(
     from spanlib.data import DigitsConfig as Config, data_preset, generate_dataset
 
     if root is None:
-        from spanlib.book import data_dir
+        from spanlib.core.paths import data_dir
 
         root = data_dir(preset, "digits")
     entry = dict(data_preset(preset)["digits"])

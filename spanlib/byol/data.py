@@ -61,7 +61,7 @@ def load_split(root: str | Path, split: str, size: int, cache_dir: str | Path | 
     """A split of a folder dataset, resized to ``size`` (masks nearest), as arrays.
 
     Args:
-        root: dataset folder (folder format, e.g. ``spanlib.book.data_dir(preset, "chest")``).
+        root: dataset folder (folder format, e.g. ``spanlib.book.runs.data_dir(preset, "chest")``).
         split: ``"train"``, ``"val"`` or ``"test"``.
         size: side in pixels.
         cache_dir: where to keep the arrays (``None``: no cache).

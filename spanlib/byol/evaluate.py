@@ -2,7 +2,7 @@
 
 * :func:`encode`: the encoder's C5 maps of a split (eval mode, batched).
 * :func:`linear_features`: global average of C5, the vector the linear
-  probe (:func:`spanlib.probe.linear_probe`) reads.
+  probe (:func:`spanlib.eval.probe.linear_probe`) reads.
 * :func:`segmentation_probe`: a linear classifier per C5 cell (a 1x1
   convolution on frozen, standardised features), one sigmoid channel per
   organ (organs overlap on a film), logits upsampled bilinearly to the
@@ -31,8 +31,8 @@ from spanlib.byol.config import ByolConfig
 from spanlib.byol.data import ByolData
 from spanlib.byol.masks import best_iou, refine_masks
 from spanlib.byol.views import normalize
-from spanlib.device import torch_threads
-from spanlib.metrics import iou
+from spanlib.core.device import torch_threads
+from spanlib.eval.metrics import iou
 
 __all__ = [
     "auc_standard_error",
@@ -188,7 +188,7 @@ def probe_encoder(encoder: torch.nn.Module, train: ByolData, test: ByolData, cfg
                   seed: int = 0, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Both downstream checks of one frozen encoder, cached when ``cache_dir`` is given.
 
-    The linear probe (:func:`spanlib.probe.linear_probe`, the paper's
+    The linear probe (:func:`spanlib.eval.probe.linear_probe`, the paper's
     settings) reads the global average of C5 and predicts ``train``'s
     labels; the segmentation probe (:func:`segmentation_probe`) reads the C5
     map and predicts ``train``'s masks. Both are scored on ``test``.
@@ -206,7 +206,7 @@ def probe_encoder(encoder: torch.nn.Module, train: ByolData, test: ByolData, cfg
     Returns:
         ``{"mAUC", "auc": {label: AUC}, "mIoU", "iou": {mask: IoU}, "per_image": IoU [T, M]}``, in percent.
     """
-    from spanlib.probe import linear_probe
+    from spanlib.eval.probe import linear_probe
 
     cache = None
     if cache_dir is not None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spanlib.dino import ema_update
+from spanlib.model.dino import ema_update
 
 __all__ = ["BasicBlock", "ByolNetwork", "TinyResNet", "byol_loss", "mlp", "regression_loss", "update_target"]
 

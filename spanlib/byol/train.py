@@ -38,9 +38,9 @@ from spanlib.byol.config import ByolConfig
 from spanlib.byol.masks import carry_masks, mask_pool, one_hot, refine_masks
 from spanlib.byol.model import ByolNetwork, byol_loss, update_target
 from spanlib.byol.views import ByolViews, normalize
-from spanlib.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json_atomic
-from spanlib.device import default_device, torch_threads
-from spanlib.dino import cosine_scheduler, param_groups
+from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json_atomic
+from spanlib.core.device import default_device, torch_threads
+from spanlib.model.dino import cosine_scheduler, param_groups
 
 __all__ = [
     "ByolRun",
@@ -285,7 +285,7 @@ def load_run(path: str | Path) -> ByolRun:
     Raises:
         FileNotFoundError: not a finished run (no ``done.json``).
     """
-    from spanlib.checkpoint import read_log
+    from spanlib.core.checkpoint import read_log
 
     path = Path(path)
     if not (path / "done.json").is_file():

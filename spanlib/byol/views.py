@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from spanlib.augment import Solarize01
+from spanlib.pretrain.augment import Solarize01
 from spanlib.byol.config import ByolConfig
 
 __all__ = ["ByolViews", "normalize"]

@@ -11,7 +11,7 @@ out of the rim. Dark specks on the background (not the part) are
 distractors that look like holes.
 
 Masks: ``rim`` (the outer annulus) and ``hub`` (the central boss with its
-bore), the regions the part heuristic of :mod:`spanlib.templates` names.
+bore), the regions the part heuristic of :mod:`spanlib.maps.heuristic` names.
 Label: ``defect`` (1 = defective).
 """
 

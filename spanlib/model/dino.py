@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from spanlib.config import DinoConfig
-from spanlib.vit import AttentionProbe, patch_grid
+from spanlib.core.configs import DinoConfig
+from spanlib.model.vit import AttentionProbe, patch_grid
 
 
 class DINOHead(nn.Module):

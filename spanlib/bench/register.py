@@ -1,6 +1,6 @@
 """Benchmark: fast batched b-spline registration vs a plain SimpleITK reference.
 
-``python -m spanlib.registration_bench [--json]`` draws chest phantoms (the
+``python -m spanlib.bench.register [--json]`` draws chest phantoms (the
 book's 256-pixel films), registers one exemplar onto ``--n`` of them with the
 batched torch method (one single-threaded worker process per core, batches
 of images) and onto ``--ref-n`` of them with SimpleITK's multi-resolution
@@ -11,7 +11,7 @@ the warped masks against the phantoms' ground truth (Dice at the films'
 scores the triangular heuristic and the global average of a small
 segmentation network on the same phantoms.
 
-The exemplar is chosen as the CLI does (:func:`spanlib.registration.select_exemplar`
+The exemplar is chosen as the CLI does (:func:`spanlib.maps.registration.select_exemplar`
 over ``--candidates`` annotated phantoms). The timed region of each variant
 is the registration work only: worker processes are started and warmed up
 before the first round (a real build pays that once, a few seconds, for
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from spanlib.registration import RegistrationConfig, RegistrationResult, SitkConfig
+from spanlib.maps.registration import RegistrationConfig, RegistrationResult, SitkConfig
 
 ORGANS: tuple[str, ...] = ("left_lung", "right_lung", "heart")
 
@@ -52,7 +52,7 @@ def phantoms(indices: Sequence[int], seed: int, size: int) -> tuple[list[np.ndar
 
 def dice_per_organ(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, list[float]]:
     """Dice of each organ map (resized to its ground truth by nearest neighbour), per image."""
-    from spanlib.templates import dice, resize_nearest
+    from spanlib.maps.heuristic import dice, resize_nearest
 
     out: dict[str, list[float]] = {o: [] for o in ORGANS}
     for stack, truth in zip(maps, truths):
@@ -85,7 +85,7 @@ def _init(exemplar: np.ndarray, masks: np.ndarray, fallback: np.ndarray) -> None
 
 
 def _torch_task(args: tuple[list[np.ndarray], RegistrationConfig]) -> tuple[list[RegistrationResult], float]:
-    from spanlib.registration import register_batch
+    from spanlib.maps.registration import register_batch
 
     images, config = args
     start = time.process_time()
@@ -94,7 +94,7 @@ def _torch_task(args: tuple[list[np.ndarray], RegistrationConfig]) -> tuple[list
 
 
 def _sitk_task(args: tuple[list[np.ndarray], SitkConfig]) -> tuple[list[RegistrationResult], float]:
-    from spanlib.registration import register_pair_sitk
+    from spanlib.maps.registration import register_pair_sitk
 
     images, config = args
     start = time.process_time()
@@ -141,7 +141,7 @@ class _Variant:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print a summary (``--json``: one JSON object)."""
-    parser = argparse.ArgumentParser(prog="python -m spanlib.registration_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m spanlib.bench.register", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="phantoms registered by the fast method per round")
     parser.add_argument("--ref-n", type=int, default=4, help="phantoms registered by the reference per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (speeds: median over rounds)")
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
 
-    from spanlib.registration import select_exemplar
-    from spanlib.templates import triangular_maps
+    from spanlib.maps.registration import select_exemplar
+    from spanlib.maps.heuristic import triangular_maps
 
     def log(text: str) -> None:
         if not args.json:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_config = SitkConfig()
     low_config = SitkConfig(size=64, shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0))
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["spanlib.registration"])
+    context.set_forkserver_preload(["spanlib.maps.registration"])
     runs = {name: _Variant() for name in ("fast", "reference", *sorted(variants))}
     per_image = max(1, min(args.chunk, -(-args.n // args.workers)))
     init = (exemplar, masks, fallback)
@@ -269,9 +269,9 @@ def _global_dice(args: argparse.Namespace, images: Sequence[np.ndarray], truths:
     """Train the segmenter on separate phantoms, average over ``images``, score the average."""
     import torch
 
-    from spanlib.registration import single_thread
-    from spanlib.segmentation import SegConfig, predict_probabilities, train_segmenter
-    from spanlib.templates import resize_nearest
+    from spanlib.maps.registration import single_thread
+    from spanlib.maps.segmentation import SegConfig, predict_probabilities, train_segmenter
+    from spanlib.maps.heuristic import resize_nearest
 
     config = SegConfig()
     train_images, train_masks = phantoms(range(20_000, 20_000 + config.n_train), args.seed, args.image_size)

@@ -10,7 +10,6 @@ checkpoint and gives the same parameters as an uninterrupted run.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import math
@@ -29,13 +28,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from spanlib import dino as D
-from spanlib.augment import ViewMaker
-from spanlib.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json_atomic
-from spanlib.config import Config, REGIMENS, load_config, parse_override, preset_names, resolve
-from spanlib.loader import EpochBatchSampler, ViewDataset, collate, knowledge_map_source
-from spanlib.span import span_loss
-from spanlib.vit import build_vit
+from spanlib.model import dino as D
+from spanlib.pretrain.augment import ViewMaker
+from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json_atomic
+from spanlib.core.configs import Config, load_config
+from spanlib.pretrain.loader import EpochBatchSampler, ViewDataset, collate, knowledge_map_source
+from spanlib.model.span import span_loss
+from spanlib.model.vit import build_vit
 
 
 class DivergenceError(RuntimeError):
@@ -356,7 +355,7 @@ def pretrain(
     """Train one run; the library entry point behind ``python -m spanlib pretrain``.
 
     Args:
-        cfg: the configuration (see :func:`spanlib.config.resolve`).
+        cfg: the configuration (see :func:`spanlib.core.configs.resolve`).
         out: the run directory.
         samples: pretraining samples; ``cfg.run.data`` is read when ``None``.
         resume: continue from ``out/checkpoint.pt``. The saved config is used.
@@ -380,38 +379,3 @@ def pretrain(
     if resume and ckpt.exists():
         trainer.restore(ckpt)
     return trainer.fit(stop_after_steps=stop_after_steps)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="book", help=f"one of {preset_names()}")
-    parser.add_argument("--regimen", default="span_deformable", choices=REGIMENS)
-    parser.add_argument("--data", help="dataset folder (overrides run.data)")
-    parser.add_argument("--maps", help="knowledge-map folder or 'triangular' (overrides span.knowledge_maps)")
-    parser.add_argument("--out", help="run directory (default runs/<preset>/<regimen>/seed<seed>)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.epochs=3")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--stop-after-steps", type=int, help="stop after N steps as a kill would (testing)")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = dict(parse_override(s) for s in args.set)
-    if args.data:
-        overrides["run.data"] = args.data
-    if args.maps:
-        overrides["span.knowledge_maps"] = args.maps
-    if args.seed is not None:
-        overrides["run.seed"] = args.seed
-    cfg = resolve(args.preset, args.regimen, overrides)
-    out = Path(args.out or f"runs/{args.preset}/{args.regimen}/seed{cfg.run.seed}")
-    try:
-        summary = pretrain(cfg, out, resume=args.resume, stop_after_steps=args.stop_after_steps)
-    except DivergenceError as exc:
-        print(f"error: {exc}")
-        return 3
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{out}: {summary}")
-    return 0

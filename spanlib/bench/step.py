@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from spanlib.config import parse_override, resolve
-from spanlib import dino as D
-from spanlib.train import Pretrainer, setup_runtime
+from spanlib.core.configs import parse_override, resolve
+from spanlib.pretrain.train import Pretrainer, setup_runtime
 
 
 def _batch(trainer: Pretrainer, batch_size: int, n_maps: int, seed: int = 0) -> dict[str, torch.Tensor]:

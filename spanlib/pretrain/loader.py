@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from spanlib.augment import ViewMaker
+from spanlib.pretrain.augment import ViewMaker
 
 MapSource = Callable[[object], np.ndarray]
 
@@ -39,7 +39,7 @@ def knowledge_map_source(spec: str | None, organs: Sequence[str]) -> MapSource |
     if not organs or spec is None:
         return None
     if spec == "triangular":
-        from spanlib.templates import heuristic_maps
+        from spanlib.maps.heuristic import heuristic_maps
 
         return lambda s: heuristic_maps(*s.image.shape[:2], organs).astype(np.float32)
     if spec == "masks":
@@ -54,7 +54,7 @@ def knowledge_map_source(spec: str | None, organs: Sequence[str]) -> MapSource |
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: knowledge-map directory not found (build it with `python -m spanlib templates build`)")
-    from spanlib.templates import load_knowledge_maps
+    from spanlib.maps.heuristic import load_knowledge_maps
 
     store = load_knowledge_maps(path)
     index = [store.organs.index(o) if o in store.organs else -1 for o in organs]

@@ -7,15 +7,15 @@ Three kinds of knowledge map K guide the assigned attention heads (SPAN):
   concentric rim/hub heuristic for cast parts (:func:`triangular_maps`,
   :func:`part_heuristic_maps`);
 * ``global``: a segmentation network's predicted probabilities averaged over
-  the pretraining set (:mod:`spanlib.segmentation`);
+  the pretraining set (:mod:`spanlib.maps.segmentation`);
 * ``deformable``: one annotated exemplar registered onto every image
-  (:mod:`spanlib.registration`).
+  (:mod:`spanlib.maps.registration`).
 
 Radiology convention: a frontal chest film is displayed as if facing the
 patient, so the patient's LEFT lung lies on the IMAGE's RIGHT (larger column
 index) and the heart bulges toward the image's right as well.
 
-On disk (written by :mod:`spanlib.templates_cli`)::
+On disk (written by :mod:`spanlib.maps.build`)::
 
     OUT/manifest.json   {"format", "kind", "organs", "size", "params", "params_hash", "data", ...}
     OUT/template.npz    one map set for every image (triangular, global):

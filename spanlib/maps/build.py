@@ -1,6 +1,6 @@
 """Batch tool: build knowledge maps for a dataset (``python -m spanlib templates ...``).
 
-``build`` writes a knowledge-map directory (layout in :mod:`spanlib.templates`)::
+``build`` writes a knowledge-map directory (layout in :mod:`spanlib.maps.heuristic`)::
 
     python -m spanlib templates build --kind {triangular,global,deformable} --data DIR --out DIR
         [--workers N] [--shard i/n] [--exemplar ID] [--size S]
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from spanlib.templates import (
+from spanlib.maps.heuristic import (
     MANIFEST,
     MAP_KINDS,
     MAPS_DIR,
@@ -211,11 +211,11 @@ def build_knowledge_maps(
         batch_size: images per registration batch (torch).
         seg_train: labelled images for the segmentation network (global).
         seg_steps: its training steps.
-        seg_arch: its architecture (see :mod:`spanlib.segmentation`).
+        seg_arch: its architecture (see :mod:`spanlib.maps.segmentation`).
         overwrite: allow replacing a directory built with other settings.
         progress: show a tqdm bar.
-        registration_config: a :class:`~spanlib.registration.RegistrationConfig`
-            or :class:`~spanlib.registration.SitkConfig` overriding the defaults.
+        registration_config: a :class:`~spanlib.maps.registration.RegistrationConfig`
+            or :class:`~spanlib.maps.registration.SitkConfig` overriding the defaults.
 
     Returns:
         The summary report (also written to ``report*.json``), with the
@@ -246,7 +246,7 @@ def build_knowledge_maps(
         manifest = _manifest(kind, organs, size, params, data_info)
         report = _build_template(out, manifest, overwrite, lambda: (heuristic_maps(size, size, organs), None, {}))
     elif kind == "global":
-        from spanlib.segmentation import SegConfig
+        from spanlib.maps.segmentation import SegConfig
 
         seg_config = SegConfig(arch=seg_arch, steps=seg_steps, n_train=seg_train)
         params = {"segmentation": seg_config.to_dict(), "ids_hash": params_hash({"ids": sorted(dataset.ids)})}
@@ -320,8 +320,8 @@ def _global_average(dataset: Any, organs: tuple[str, ...], size: int, config: An
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from spanlib.registration import single_thread
-    from spanlib.segmentation import load_segmenter, predict_probabilities, save_segmenter, train_segmenter
+    from spanlib.maps.registration import single_thread
+    from spanlib.maps.segmentation import load_segmenter, predict_probabilities, save_segmenter, train_segmenter
 
     with single_thread():  # small convolutions: a second intra-op thread only adds waiting (see single_thread)
         checkpoint = out / "segmenter.pt"
@@ -402,17 +402,17 @@ def choose_exemplar(
         organs: mask names, in channel order.
         exemplar: a sample id, or ``None`` / ``"auto"``: the most typical of
             the first ``candidates`` training samples with every mask
-            (:func:`spanlib.registration.select_exemplar`, registered onto
+            (:func:`spanlib.maps.registration.select_exemplar`, registered onto
             ``probes`` samples spread over the sorted ids).
         config: registration settings of the automatic choice (a
-            :class:`~spanlib.registration.RegistrationConfig`; default settings otherwise).
+            :class:`~spanlib.maps.registration.RegistrationConfig`; default settings otherwise).
         candidates: how many annotated samples compete.
         probes: how many samples they are registered onto.
 
     Raises:
         ValueError: an unknown id, or an exemplar without every mask.
     """
-    from spanlib.registration import RegistrationConfig, select_exemplar
+    from spanlib.maps.registration import RegistrationConfig, select_exemplar
 
     if exemplar is not None and exemplar != "auto":
         if exemplar not in dataset.ids:
@@ -463,7 +463,7 @@ def _build_deformable(dataset: Any, organs: tuple[str, ...], out: Path, size: in
                       ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from spanlib.registration import RegistrationConfig, SitkConfig
+    from spanlib.maps.registration import RegistrationConfig, SitkConfig
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
@@ -504,7 +504,7 @@ def _build_deformable(dataset: Any, organs: tuple[str, ...], out: Path, size: in
                 _WORKER.clear()
         else:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["spanlib.registration", "spanlib.data"])
+            context.set_forkserver_preload(["spanlib.maps.registration", "spanlib.data"])
             with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_init_worker,
                                      initargs=(job,)) as pool:
                 for done in pool.map(_run_task, tasks):
@@ -547,7 +547,7 @@ def _init_worker(job: _Job, limit_threads: bool = True) -> None:
 
 def _run_task(task: list[tuple[int, str]]) -> list[dict[str, Any]]:
     """Build the maps of one batch of samples; cached ones are only checked."""
-    from spanlib.registration import register_batch, register_pair_sitk
+    from spanlib.maps.registration import register_batch, register_pair_sitk
 
     job: _Job = _WORKER["job"]
     dataset = _WORKER["dataset"]

@@ -10,10 +10,10 @@ import argparse
 import importlib
 
 BENCHES = {
-    "step": ("spanlib.train_bench", "SPAN vs DINO training step, images/s and share of the matmul ceiling"),
-    "ap": ("spanlib.metrics_bench", "vectorized pixel AP vs scikit-learn"),
-    "register": ("spanlib.registration_bench", "knowledge maps per second and Dice vs a plain SimpleITK reference"),
-    "byol": ("spanlib.byol.bench", "object-level vs plain BYOL step, bf16 autocast, threads"),
+    "step": ("spanlib.bench.step", "SPAN vs DINO training step, images/s and share of the matmul ceiling"),
+    "ap": ("spanlib.bench.ap", "vectorized pixel AP vs scikit-learn"),
+    "register": ("spanlib.bench.register", "knowledge maps per second and Dice vs a plain SimpleITK reference"),
+    "byol": ("spanlib.bench.byol", "object-level vs plain BYOL step, bf16 autocast, threads"),
 }
 
 

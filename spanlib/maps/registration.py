@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spanlib.device import torch_threads
+from spanlib.core.device import torch_threads
 
 METHODS: tuple[str, ...] = ("deformable", "affine", "fallback")
 

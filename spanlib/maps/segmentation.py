@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spanlib.device import default_device
+from spanlib.core.device import default_device
 
 ARCHS: tuple[str, ...] = ("unet", "deeplabv3_resnet50", "deeplabv3_resnet101")
 

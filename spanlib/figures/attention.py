@@ -11,12 +11,12 @@ with :func:`matplotlib.rc_context` inside each function; the caller's
 ``rcParams`` are never changed.
 
 Attention maps are drawn as the model sees them: a ``[gh, gw]`` patch grid
-upsampled to the image by nearest neighbour (:func:`spanlib.metrics.upsample_nearest`),
+upsampled to the image by nearest neighbour (:func:`spanlib.eval.metrics.upsample_nearest`),
 either as a heat map stretched from each map's minimum to its maximum (a
 head's attention often varies over a narrow range, so colours compare
 places within a panel, not across panels), or, with a ``threshold``, as the
 smallest set of patches holding that share of the attention mass (DINO's visualiser,
-:func:`spanlib.metrics.mass_threshold`).
+:func:`spanlib.eval.metrics.mass_threshold`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from matplotlib.colors import ListedColormap, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from spanlib.metrics import attention_average_precision, mass_threshold, upsample_nearest
+from spanlib.eval.metrics import attention_average_precision, mass_threshold, upsample_nearest
 
 STYLE: dict[str, Any] = {
     "figure.dpi": 100,
@@ -96,7 +96,7 @@ class BookFigure(Figure):
 
 
 def _mask_colours(overrides: Mapping[str, str] | None) -> dict[str, str]:
-    from spanlib.viz_data import DEFAULT_MASK_COLOURS  # imported here: viz_data may build on this module
+    from spanlib.figures.samples import DEFAULT_MASK_COLOURS  # imported here: viz_data may build on this module
 
     return {**DEFAULT_MASK_COLOURS, **(overrides or {})}
 
@@ -259,7 +259,7 @@ def attention_overlay(
         title: the panel's title.
         alpha: opacity of the attention layer.
         mask_colours: organ -> colour (defaults:
-            :data:`spanlib.viz_data.DEFAULT_MASK_COLOURS`).
+            :data:`spanlib.figures.samples.DEFAULT_MASK_COLOURS`).
         panel_size: side of the panel in inches (new figures only).
 
     Returns:
@@ -503,7 +503,7 @@ def training_curves(
 
     Args:
         logs: run name -> records of its ``log.jsonl``
-            (:func:`spanlib.checkpoint.read_log`).
+            (:func:`spanlib.core.checkpoint.read_log`).
         metrics: the log keys to plot, one panel each.
         ncols: panels per row.
         panel_size: ``(width, height)`` of one panel in inches.

@@ -11,24 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def project_root(start: str | Path | None = None) -> Path:
-    """The repository root: the nearest folder upward holding ``_toc.yml``."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "_toc.yml").is_file() and (folder / "spanlib").is_dir():
-            return folder
-    raise FileNotFoundError(f"{here}: not inside the SPAN book repository (no _toc.yml above it)")
-
-
-def data_dir(preset: str, kind: str = "chest") -> Path:
-    """Generated data of a preset: ``data/generated/<preset>/<kind>``."""
-    return project_root() / "data" / "generated" / preset / kind
-
-
-def runs_dir(preset: str) -> Path:
-    """Runs of a preset: ``runs/<preset>``."""
-    return project_root() / "runs" / preset
+from spanlib.core.paths import data_dir, project_root, runs_dir  # noqa: F401 - the notebooks take paths from here
 
 
 def record(results_path: str | Path | None, **values: object) -> None:
@@ -55,7 +38,7 @@ class RunHandle:
     def __init__(self, path: Path, root: Path):
         import json
 
-        from spanlib.config import load_config
+        from spanlib.core.configs import load_config
 
         self.path = path
         self.root = root
@@ -142,9 +125,9 @@ def ensure_pretrained(
     """
     import shutil
 
-    from spanlib.config import resolve
+    from spanlib.core.configs import resolve
     from spanlib.data import make_default_data
-    from spanlib.train import pretrain
+    from spanlib.pretrain.train import pretrain
 
     root = project_root()
     paths = make_default_data(preset, root / "data" / "generated" / preset, seed=0)
@@ -165,7 +148,7 @@ def ensure_pretrained(
         cfg = cfg.replace(**{"span.knowledge_maps": str(target)})
     out = run_dir(preset, regimen, seed, lambda_span, epochs, dataset)
     if (out / "config.yaml").exists():
-        from spanlib.config import load_config
+        from spanlib.core.configs import load_config
 
         if load_config(out / "config.yaml") != cfg:
             print(f"{out}: configuration changed since this run was made; training it again")
@@ -187,8 +170,8 @@ def build_summary(preset: str, seeds: list[int] | tuple[int, ...] = (0,)) -> dic
 
     import numpy as np
 
-    from spanlib.config import REGIMENS
-    from spanlib.evaluate import evaluate
+    from spanlib.core.configs import REGIMENS
+    from spanlib.eval.evaluate import evaluate
 
     chest, parts = data_dir(preset, "chest"), data_dir(preset, "parts")
 

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
-from spanlib import metrics
+from spanlib.eval import metrics
 
 KINDS = ("general", "general_signed", "attention")
 

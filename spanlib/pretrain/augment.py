@@ -18,7 +18,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from spanlib.config import ViewConfig
+from spanlib.core.configs import ViewConfig
+from spanlib.data.transforms import EvaluationView, as_image, normalisation
 
 # Organ pairs that trade places under a horizontal flip.
 MIRROR_PAIRS = (("left_lung", "right_lung"),)
@@ -71,7 +72,7 @@ class Solarize01(v2.Transform):
 
 
 def _finish(cfg: ViewConfig, in_chans: int) -> list[v2.Transform]:
-    return [v2.Normalize([cfg.mean] * in_chans, [cfg.std] * in_chans)]
+    return [normalisation(cfg, in_chans)]
 
 
 def _dino_photometric(blur_p: float, solarize_p: float) -> list[v2.Transform]:
@@ -124,14 +125,10 @@ class ViewMaker:
             self.local_view = None
         else:
             raise ValueError(f"unknown view kind {cfg.kind!r}; use 'dino' or 'cxr'")
-        self.plain = v2.Compose([v2.Resize((size, size), antialias=True)] + _finish(cfg, in_chans))
+        self.evaluation_view = EvaluationView(cfg, size, in_chans)
 
     def _as_image(self, image: torch.Tensor) -> tv_tensors.Image:
-        if image.ndim == 2:
-            image = image[None]
-        if image.shape[0] == 1 and self.in_chans == 3:
-            image = image.expand(3, -1, -1)
-        return tv_tensors.Image(image.float())
+        return as_image(image, self.in_chans)
 
     def __call__(self, image: torch.Tensor, maps: torch.Tensor) -> dict[str, Any]:
         """Views of one sample.
@@ -155,7 +152,3 @@ class ViewMaker:
         if self.n_local:
             out["local"] = torch.stack([self.local_view(img).as_subclass(torch.Tensor) for _ in range(self.n_local)])
         return out
-
-    def evaluation_view(self, image: torch.Tensor) -> torch.Tensor:
-        """The deterministic view used for evaluation: resize and normalise."""
-        return self.plain(self._as_image(image)).as_subclass(torch.Tensor)

@@ -2,9 +2,9 @@
 
 :class:`AttentionBrowser` is an ipywidgets view for JupyterLab: every change
 of a control recomputes the CLS attention of the chosen block
-(:func:`spanlib.vit.cls_attention`, on the evaluation view of the image) and
-redraws :func:`spanlib.viz.attention_overlay` (one head) or
-:func:`spanlib.viz.attention_grid` (all heads) into an ``Image`` widget.
+(:func:`spanlib.model.vit.cls_attention`, on the evaluation view of the image) and
+redraws :func:`spanlib.figures.attention.attention_overlay` (one head) or
+:func:`spanlib.figures.attention.attention_grid` (all heads) into an ``Image`` widget.
 Models are loaded when a run is first chosen and kept; attention is cached
 per (run, image, block).
 
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from spanlib import viz
-from spanlib.augment import ViewMaker
-from spanlib.book import project_root
-from spanlib.config import Config
-from spanlib.evaluate import load_backbone
-from spanlib.loader import MapSource, knowledge_map_source
-from spanlib.vit import cls_attention
+from spanlib.figures import attention as viz
+from spanlib.pretrain.augment import ViewMaker
+from spanlib.core.paths import project_root
+from spanlib.core.configs import Config
+from spanlib.eval.evaluate import load_backbone
+from spanlib.pretrain.loader import MapSource, knowledge_map_source
+from spanlib.model.vit import cls_attention
 
 ALL_HEADS = "all"
 """Value of the head control that shows every head of the block."""

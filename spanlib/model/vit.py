@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from spanlib.config import ModelConfig
+from spanlib.core.configs import ModelConfig
 
 
 def build_vit(cfg: ModelConfig) -> VisionTransformer:

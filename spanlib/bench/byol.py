@@ -1,6 +1,6 @@
 """Benchmark of the BYOL training step: object-level vs plain BYOL, float32 vs bfloat16, one vs two threads.
 
-``python -m spanlib.byol.bench [--json]`` draws a batch of chest phantoms
+``python -m spanlib.bench.byol [--json]`` draws a batch of chest phantoms
 at the ``book`` preset's size, builds the networks of each variant and
 alternates their training steps inside one run (the 2-core machines are
 shared and noisy), reporting the median step time after warm-up. It also
@@ -104,7 +104,7 @@ def run(steps: int = 10, warmup: int = 2, batch_size: int | None = None) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: print the measurements (a table, or JSON with ``--json``)."""
-    parser = argparse.ArgumentParser(prog="python -m spanlib.byol.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m spanlib.bench.byol", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="measured steps per variant (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps per variant")
     parser.add_argument("--json", action="store_true", help="print JSON")

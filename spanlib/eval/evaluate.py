@@ -9,10 +9,8 @@ frozen CLS features and the last block's CLS attention of every image once
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from spanlib.augment import ViewMaker
-from spanlib.checkpoint import load_checkpoint, save_atomic, write_json_atomic
-from spanlib.config import Config
-from spanlib.vit import AttentionProbe, build_vit, patch_grid
+from spanlib.data.transforms import EvaluationView
+from spanlib.core.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from spanlib.core.configs import Config
+from spanlib.model.vit import AttentionProbe, build_vit, patch_grid
 
 KINDS = ("attention", "linear", "fewshot", "knn")
 
@@ -69,7 +67,7 @@ def extract(
     Returns:
         ``{"ids", "features" [N, D * n], "attention" [N, heads, gh, gw]}``.
     """
-    views = ViewMaker(cfg.views, cfg.model.img_size, (), cfg.model.in_chans)
+    evaluation_view = EvaluationView(cfg.views, cfg.model.img_size, cfg.model.in_chans)
     captured: list[torch.Tensor] = []
     hooks = [b.register_forward_hook(lambda m, i, o: captured.append(o)) for b in model.blocks[-n_last_blocks:]]
     ids, feats, attns = [], [], []
@@ -79,7 +77,7 @@ def extract(
             images = []
             for s in chunk:
                 img = torch.from_numpy(np.ascontiguousarray(s.image))
-                images.append(views.evaluation_view(img.permute(2, 0, 1) if img.ndim == 3 else img))
+                images.append(evaluation_view(img.permute(2, 0, 1) if img.ndim == 3 else img))
             x = torch.stack(images)
             captured.clear()
             with AttentionProbe(model) as probe:
@@ -137,7 +135,7 @@ def attention_scores(
         Per organ: ``mAP``, ``head``, ``pointing``, ``iou``, ``per_head_mAP``
         and ``per_image_max_mAP`` (all in percent).
     """
-    from spanlib.metrics import attention_average_precision, iou, mass_threshold, pointing_game, upsample_nearest
+    from spanlib.eval.metrics import attention_average_precision, iou, mass_threshold, pointing_game, upsample_nearest
 
     out = {}
     for organ, mask in masks.items():
@@ -196,7 +194,7 @@ def evaluate(kind: str, run: str | Path, data: str | Path, seed: int = 0, reader
         **options: the reader's options (``size``, ``uncertain``, ...).
     """
     from spanlib.data import open_dataset
-    from spanlib import probe
+    from spanlib.eval import probe
 
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose from {KINDS}")
@@ -231,19 +229,3 @@ def evaluate(kind: str, run: str | Path, data: str | Path, seed: int = 0, reader
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result, out)
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("--run", required=True, help="a run directory with checkpoint.pt")
-    parser.add_argument("--data", required=True, help="a dataset folder (train/val/test splits)")
-    parser.add_argument("--reader", default="folder", help="dataset reader: folder, jsrt, montgomery, shenzhen, chexpert, casting")
-    parser.add_argument("--size", type=int, help="resize images and masks to SIZE x SIZE when reading")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run(args: argparse.Namespace) -> int:
-    options = {"size": args.size} if args.size else {}
-    result = evaluate(args.kind, args.run, args.data, args.seed, reader=args.reader, **options)
-    print(json.dumps({k: v for k, v in result.items() if k in ("kind", "run", "regimen", "mAUC", "organs")}, default=str)[:2000])
-    return 0

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from spanlib.viz import BookFigure
+from spanlib.figures.attention import BookFigure
 from matplotlib.lines import Line2D
 
 from spanlib.data.sample import Sample

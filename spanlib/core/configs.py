@@ -72,7 +72,7 @@ class SpanConfig:
             ground truth, an oracle), or a directory written by
             ``python -m spanlib templates build``.
         renormalize: renormalise each assigned head's patch attention to sum
-            to one before the terms (see :mod:`spanlib.span` for why).
+            to one before the terms (see :mod:`spanlib.model.span` for why).
     """
 
     assigned_heads: dict[str, int] = field(default_factory=dict)

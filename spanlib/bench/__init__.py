@@ -1,0 +1,1 @@
+"""Benchmarks behind the performance page: ``python -m spanlib bench NAME``."""

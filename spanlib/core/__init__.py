@@ -1,0 +1,1 @@
+"""Device, checkpoints and the one atomic writer, configurations, project paths."""

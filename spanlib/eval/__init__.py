@@ -1,0 +1,1 @@
+"""Evaluation: attention metrics, linear / few-shot / k-NN probes, the evaluate verb."""

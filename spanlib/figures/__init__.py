@@ -1,0 +1,1 @@
+"""The book's figures: one style, attention, training, maps, samples, tables."""

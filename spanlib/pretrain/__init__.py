@@ -1,0 +1,1 @@
+"""Pretraining: views, the data loader, the DINO/SPAN trainer."""
