@@ -14,9 +14,10 @@ import sys
 # verb -> (module exposing ``add_arguments(parser)`` and ``run(args) -> int``, help)
 VERBS: dict[str, tuple[str, str]] = {
     "data": ("spanlib.data.cli", "make the embedded default data, or scan a dataset for bad files"),
-    "templates": ("spanlib.maps.build", "build knowledge maps (triangular, global, deformable)"),
+    "templates": ("spanlib.maps.cli", "build knowledge maps (triangular, global, deformable)"),
     "pretrain": ("spanlib.pretrain.cli", "DINO / SPAN pretraining of a ViT"),
     "evaluate": ("spanlib.eval.cli", "attention mAP, linear probe, few-shot, k-NN for a run"),
+    "export": ("spanlib.model.cli", "a run's backbone as a plain timm state dict (safetensors) with its config"),
     "bench": ("spanlib.bench.cli", "measurements behind the book's performance page"),
     "sweep": ("spanlib.book.cli", "run a grid of notebooks through papermill"),
 }

@@ -143,7 +143,7 @@ def test_notebook_pages_have_figures_and_tables(built_book):
         assert page.is_file(), f"{entry}: no HTML page"
         html = page.read_text()
         as_text = _figures_as_text(notebook)
-        assert not as_text, f"{entry}: figures printed as text, not shown: {as_text[:3]} (return a spanlib.figures.attention.BookFigure)"
+        assert not as_text, f"{entry}: figures printed as text, not shown: {as_text[:3]} (return a spanlib.figures.style.BookFigure)"
         images, expected = html.count("<img"), _image_outputs(notebook)
         assert images >= max(1, expected), (
             f"{entry}: {images} <img> on the page for {expected} image outputs (a widget shown instead of its PNG?)"

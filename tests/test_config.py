@@ -42,7 +42,7 @@ def test_yaml_round_trip_and_overrides(tmp_path):
 
 
 def test_bad_config_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unknown keys \\['epochz'\\]"):
+    with pytest.raises(ValueError, match="unknown OptimConfig fields \\['epochz'\\]"):
         resolve("smoke", "dino", {"optim.epochz": 1})
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         resolve("nope", "dino")

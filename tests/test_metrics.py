@@ -1,4 +1,4 @@
-"""Golden tests of spanlib.eval.metrics: AP against scikit-learn, the patch path
+"""Golden tests of spanlib.eval.ap and spanlib.eval.metrics: AP against scikit-learn, the patch path
 against the pixel path, and hand-built maps for the pointing game, the mass
 threshold and IoU."""
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
-from spanlib.eval import metrics
+from spanlib.eval import ap, metrics
 
 
 def sklearn_ap(scores: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
@@ -48,13 +48,13 @@ def random_maps(seed: int, batch: int = 12, shape: tuple[int, ...] = (23, 31)) -
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ap_random_maps(backend: str, seed: int) -> None:
     scores, targets = random_maps(seed)
-    assert_matches_sklearn(metrics.average_precision(scores, targets, backend=backend), scores, targets)
+    assert_matches_sklearn(ap.average_precision(scores, targets, backend=backend), scores, targets)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_ap_threads_do_not_change_result(threads: int) -> None:
     scores, targets = random_maps(2, batch=7)
-    ours = metrics.average_precision(scores, targets, num_threads=threads)
+    ours = ap.average_precision(scores, targets, num_threads=threads)
     assert_matches_sklearn(ours, scores, targets)
 
 
@@ -62,7 +62,7 @@ def test_ap_threads_do_not_change_result(threads: int) -> None:
 def test_ap_ties(backend: str) -> None:
     scores, targets = random_maps(3, batch=10, shape=(40, 40))
     scores = torch.round(scores * torch.arange(1, 11).view(10, 1, 1)) / 10  # 2..11 distinct values
-    assert_matches_sklearn(metrics.average_precision(scores, targets, backend=backend), scores, targets)
+    assert_matches_sklearn(ap.average_precision(scores, targets, backend=backend), scores, targets)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
@@ -75,7 +75,7 @@ def test_ap_signs_zeros_and_infinities(backend: str) -> None:
     scores[3, :5] = math.inf
     scores[3, 5:10] = -math.inf
     scores[4] = torch.randn(300, generator=torch.Generator().manual_seed(5))
-    assert_matches_sklearn(metrics.average_precision(scores, targets, backend=backend), scores, targets)
+    assert_matches_sklearn(ap.average_precision(scores, targets, backend=backend), scores, targets)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
@@ -86,7 +86,7 @@ def test_ap_degenerate_maps_in_one_batch(backend: str) -> None:
     scores[2] = 0.25  # constant score: the positive fraction
     scores[3] = 0.25
     targets[3] = True
-    ours = metrics.average_precision(scores, targets, backend=backend)
+    ours = ap.average_precision(scores, targets, backend=backend)
     assert math.isnan(ours[0])
     assert ours[1] == pytest.approx(1.0, abs=1e-12)
     assert ours[2] == pytest.approx(targets[2].double().mean().item(), abs=1e-12)
@@ -101,12 +101,12 @@ def test_ap_float64_and_integer_scores() -> None:
     integers = (scores * 7).long()
     for s in (fine, coarse, integers):
         for backend in ("numpy", "torch"):
-            assert_matches_sklearn(metrics.average_precision(s, targets, backend=backend), s, targets)
+            assert_matches_sklearn(ap.average_precision(s, targets, backend=backend), s, targets)
 
 
 def test_ap_targets_as_numbers_and_single_map() -> None:
     scores, targets = random_maps(8, batch=1, shape=(50,))
-    ours = metrics.average_precision(scores, targets.float())
+    ours = ap.average_precision(scores, targets.float())
     assert ours.shape == (1,)
     assert_matches_sklearn(ours, scores, targets)
 
@@ -114,25 +114,25 @@ def test_ap_targets_as_numbers_and_single_map() -> None:
 def test_ap_rejects_bad_input() -> None:
     scores, targets = random_maps(9, batch=2, shape=(10,))
     with pytest.raises(ValueError, match="NaN"):
-        metrics.average_precision(torch.where(scores > 0.5, math.nan, scores), targets)
+        ap.average_precision(torch.where(scores > 0.5, math.nan, scores), targets)
     with pytest.raises(ValueError, match="NaN"):
-        metrics.average_precision(torch.where(scores > 0.5, math.nan, scores), targets, backend="torch")
+        ap.average_precision(torch.where(scores > 0.5, math.nan, scores), targets, backend="torch")
     with pytest.raises(ValueError, match="0/1"):
-        metrics.average_precision(scores, targets.float() * 2)
+        ap.average_precision(scores, targets.float() * 2)
     with pytest.raises(ValueError, match="shape"):
-        metrics.average_precision(scores, targets[:, :5])
+        ap.average_precision(scores, targets[:, :5])
     with pytest.raises(ValueError, match=r"\[1, N\]"):
-        metrics.average_precision(scores[0], targets[0])
+        ap.average_precision(scores[0], targets[0])
     with pytest.raises(ValueError, match="backend"):
-        metrics.average_precision(scores, targets, backend="cuda")
+        ap.average_precision(scores, targets, backend="cuda")
 
 
 @pytest.mark.parametrize("size", [(7, 7), (14, 14), (28, 28), (30, 45), (100, 75), (224, 224), (3, 20)])
 def test_nearest_source_index_matches_interpolate(size: tuple[int, int]) -> None:
     grid = torch.arange(14 * 14, dtype=torch.float32).view(1, 1, 14, 14)
     up = F.interpolate(grid, size=size, mode="nearest")[0, 0].long()
-    rows = metrics.nearest_source_index(14, size[0])
-    cols = metrics.nearest_source_index(14, size[1])
+    rows = ap.nearest_source_index(14, size[0])
+    cols = ap.nearest_source_index(14, size[1])
     assert torch.equal(up, rows[:, None] * 14 + cols[None, :])
 
 
@@ -143,8 +143,8 @@ def test_patch_path_equals_pixel_path(size: tuple[int, int]) -> None:
     attention[:2] = torch.round(attention[:2] * 4) / 4  # patches with equal scores
     masks = torch.rand(6, *size, generator=gen) < 0.4
     masks[5] = False
-    pixel = metrics.average_precision(metrics.upsample_nearest(attention, size), masks)
-    patch = metrics.attention_average_precision(attention, masks)
+    pixel = ap.average_precision(ap.upsample_nearest(attention, size), masks)
+    patch = ap.attention_average_precision(attention, masks)
     np.testing.assert_allclose(patch.numpy(), pixel.numpy(), rtol=0, atol=1e-12, equal_nan=True)
     assert math.isnan(patch[5])
 
@@ -153,21 +153,41 @@ def test_patch_path_equals_pixel_path(size: tuple[int, int]) -> None:
 @pytest.mark.parametrize("grid", [14, (4, 6)])
 def test_patch_counts_backends_agree_and_cover_every_pixel(size: tuple[int, int], grid: int | tuple[int, int]) -> None:
     masks = torch.rand(3, *size, generator=torch.Generator().manual_seed(1)) < 0.5
-    pos_np, neg_np = metrics.patch_counts(masks, grid, backend="numpy")
-    pos_t, neg_t = metrics.patch_counts(masks, grid, backend="torch")
+    pos_np, neg_np = ap.patch_counts(masks, grid, backend="numpy")
+    pos_t, neg_t = ap.patch_counts(masks, grid, backend="torch")
     assert torch.equal(pos_np, pos_t) and torch.equal(neg_np, neg_t)
     assert torch.equal(pos_np.sum(dim=(1, 2)), masks.sum(dim=(1, 2)))
     assert int((pos_np + neg_np).sum()) == masks.numel()
     grid_h, grid_w = (grid, grid) if isinstance(grid, int) else grid
     # each cell's counts are the mask pixels that nearest upsampling fills from that cell
-    cell = metrics.nearest_source_index(grid_h, size[0])[:, None] * grid_w + metrics.nearest_source_index(grid_w, size[1])
+    cell = ap.nearest_source_index(grid_h, size[0])[:, None] * grid_w + ap.nearest_source_index(grid_w, size[1])
     expected = torch.stack([torch.bincount(cell[m], minlength=grid_h * grid_w) for m in masks])
     assert torch.equal(pos_np.flatten(1), expected)
 
 
+@pytest.mark.parametrize("size,grid", [((224, 224), 14), ((256, 256), 16), ((100, 75), 14)])
+def test_patch_path_matches_sklearn_on_attention_maps(size: tuple[int, int], grid: int) -> None:
+    """Softmax attention on a grid, upsampled nearest: the patch path is scikit-learn's AP."""
+    gen = torch.Generator().manual_seed(grid)
+    attention = (2 * torch.randn(5, grid * grid, generator=gen)).softmax(dim=1).view(5, grid, grid)
+    attention[0, :4] = attention[0, 4:8]  # patches with equal scores
+    masks = torch.rand(5, *size, generator=gen) < 0.3
+    masks[1] = True
+    masks = masks.transpose(1, 2).contiguous().transpose(1, 2)  # a non-contiguous view
+    assert_matches_sklearn(ap.attention_average_precision(attention, masks), ap.upsample_nearest(attention, size), masks)
+
+
+@pytest.mark.parametrize("height", [255, 256])
+def test_patch_counts_long_runs_do_not_overflow_bytes(height: int) -> None:
+    """A cell of up to 255 rows is summed in uint64 lanes; 256 rows take the byte-safe path."""
+    masks = torch.ones(2, height, 16, dtype=torch.bool)
+    pos, neg = ap.patch_counts(masks, (1, 2), backend="numpy")
+    assert pos.tolist() == [[[height * 8, height * 8]]] * 2 and int(neg.sum()) == 0
+
+
 def test_patch_counts_small_image_leaves_cells_empty() -> None:
     masks = torch.ones(1, 5, 5, dtype=torch.bool)
-    pos, neg = metrics.patch_counts(masks, 14)
+    pos, neg = ap.patch_counts(masks, 14)
     assert int(pos.sum()) == 25 and int(neg.sum()) == 0
     assert int((pos > 0).sum()) == 25  # 25 cells used, 171 empty
 
@@ -179,11 +199,11 @@ def test_average_precision_patches_against_expanded_pixels() -> None:
     pixel_scores = torch.repeat_interleave(scores[0], (pos + neg)[0])
     pixel_targets = torch.cat([torch.tensor([True] * p + [False] * n) for p, n in zip(pos[0].tolist(), neg[0].tolist())])
     expected = average_precision_score(pixel_targets.numpy(), pixel_scores.numpy())
-    ours = metrics.average_precision_patches(scores, pos, neg)
+    ours = ap.average_precision_patches(scores, pos, neg)
     assert ours.item() == pytest.approx(expected, abs=1e-12)
     # by hand: thresholds 0.9 (P 3/4, R 3/6), 0.5 (P 4/11, R 4/6), 0.1 (P 6/18, R 1)
     assert ours.item() == pytest.approx(0.5 * 3 / 4 + (1 / 6) * 4 / 11 + (2 / 6) * 6 / 18, abs=1e-12)
-    assert math.isnan(metrics.average_precision_patches(scores, torch.zeros_like(pos), neg + 1).item())
+    assert math.isnan(ap.average_precision_patches(scores, torch.zeros_like(pos), neg + 1).item())
 
 
 def test_pointing_game_hand_built() -> None:
@@ -210,7 +230,7 @@ def test_pointing_game_non_divisible_size_uses_nearest_assignment() -> None:
     attention = torch.zeros(1, 3, 3)
     attention[0, 2, 2] = 1.0
     masks = torch.zeros(1, 5, 5, dtype=torch.bool)
-    rows, cols = metrics.nearest_source_index(3, 5), metrics.nearest_source_index(3, 5)
+    rows, cols = ap.nearest_source_index(3, 5), ap.nearest_source_index(3, 5)
     masks[0] = (rows[:, None] == 2) & (cols[None, :] == 2)
     assert metrics.pointing_game(attention, masks).item()
 
@@ -255,5 +275,5 @@ def test_mass_threshold_iou_pipeline() -> None:
     masks = torch.zeros(1, 4, 4, dtype=torch.bool)
     masks[0, :2, :2] = True
     kept = metrics.mass_threshold(attention, keep=0.6)
-    up = metrics.upsample_nearest(kept.float(), (4, 4)) > 0
+    up = ap.upsample_nearest(kept.float(), (4, 4)) > 0
     assert metrics.iou(up, masks).item() == 1.0

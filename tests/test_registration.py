@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spanlib.maps import bspline as bs
 from spanlib.maps import registration as reg
-from spanlib.maps.heuristic import dice
+from spanlib.maps import registration_sitk as rs
+from spanlib.maps.quality import dice
 
 FAST = reg.RegistrationConfig(
     affine_levels=((32, 40),), bspline_levels=((32, 4, 40), (64, 8, 40)), batch_size=8
@@ -39,19 +41,19 @@ def known_deformation(size: int, seed: int) -> torch.Tensor:
     theta = torch.tensor([[[1.06, 0.03, 0.05], [-0.02, 0.95, -0.04]]])
     grid = F.affine_grid(theta, [1, 1, size, size], align_corners=False)
     control = (torch.rand(1, 2, 7, 7, generator=gen) - 0.5) * 0.12
-    basis = reg.bspline_basis(size, 4)
+    basis = bs.bspline_basis(size, 4)
     return grid + (basis @ (control @ basis.T)).permute(0, 2, 3, 1)
 
 
 def deformed_pair(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     image, masks = drawn_shapes(size)
     grid = known_deformation(size, seed)
-    warped = reg.warp(torch.from_numpy(image)[None, None], grid)[0, 0].numpy()
-    return warped, reg.warp_masks(masks, grid)[0]
+    warped = bs.warp(torch.from_numpy(image)[None, None], grid)[0, 0].numpy()
+    return warped, bs.warp_masks(masks, grid)[0]
 
 
 def test_bspline_basis_is_a_partition_of_unity() -> None:
-    basis = reg.bspline_basis(50, 6)
+    basis = bs.bspline_basis(50, 6)
     assert basis.shape == (50, 9)
     torch.testing.assert_close(basis.sum(dim=1), torch.ones(50))
     assert (basis >= 0).all()
@@ -61,27 +63,27 @@ def test_box_mean_equals_avg_pool_without_padding() -> None:
     x = torch.randn(2, 3, 19, 23)
     for window in (3, 9):
         expected = F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
-        torch.testing.assert_close(reg.box_mean(x, window), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bs.box_mean(x, window), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_identity_has_no_folding_and_a_mirror_folds_everywhere() -> None:
     identity = F.affine_grid(torch.eye(2, 3)[None], [1, 1, 16, 16], align_corners=False)
-    assert float(reg.folding_fraction(identity)[0]) == 0.0
-    torch.testing.assert_close(reg.jacobian_determinant(identity), torch.ones(1, 15, 15))
+    assert float(bs.folding_fraction(identity)[0]) == 0.0
+    torch.testing.assert_close(bs.jacobian_determinant(identity), torch.ones(1, 15, 15))
     mirror = identity * torch.tensor([-1.0, 1.0])
-    assert float(reg.folding_fraction(mirror)[0]) == 1.0
+    assert float(bs.folding_fraction(mirror)[0]) == 1.0
 
 
 def test_nearest_neighbour_warp_keeps_masks_binary() -> None:
     _, masks = drawn_shapes(64)
     grid = known_deformation(48, seed=3)
-    warped = reg.warp_masks(masks, grid)
+    warped = bs.warp_masks(masks, grid)
     assert warped.dtype == bool and warped.shape == (1, 3, 48, 48)
     # every output value is an input value: sample the masks as 0/1 floats and look at the values
-    values = reg.warp(torch.from_numpy(masks.astype(np.float32))[None], grid, mode="nearest")
+    values = bs.warp(torch.from_numpy(masks.astype(np.float32))[None], grid, mode="nearest")
     assert set(np.unique(values.numpy())) <= {0.0, 1.0}
     # bilinear warping, the pitfall, would have produced fractions at the edges
-    blurred = reg.warp(torch.from_numpy(masks.astype(np.float32))[None], grid, mode="bilinear")
+    blurred = bs.warp(torch.from_numpy(masks.astype(np.float32))[None], grid, mode="bilinear")
     assert ((blurred > 0.01) & (blurred < 0.99)).any()
 
 
@@ -161,15 +163,15 @@ def test_fallback_chain_order() -> None:
 def test_simpleitk_reference_registers_and_falls_back() -> None:
     exemplar, masks = drawn_shapes(64)
     target, truth = deformed_pair(64, 2)
-    config = reg.SitkConfig(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0), affine_iterations=50,
+    config = rs.SitkConfig(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0), affine_iterations=50,
                             bspline_iterations=20, sampling_fraction=0.5)
-    result = reg.register_pair_sitk(target, exemplar, masks, np.zeros((3, 64, 64), bool), config)
+    result = rs.register_pair_sitk(target, exemplar, masks, np.zeros((3, 64, 64), bool), config)
     assert result.maps.dtype == bool and result.maps.shape == (3, 64, 64)
     assert result.method in ("deformable", "affine")
     before = np.mean([dice(m, t) for m, t in zip(masks, truth)])
     after = np.mean([dice(m, t) for m, t in zip(result.maps, truth)])
     assert after > before
-    nan_result = reg.register_pair_sitk(np.full((64, 64), np.nan, np.float32), exemplar, masks,
+    nan_result = rs.register_pair_sitk(np.full((64, 64), np.nan, np.float32), exemplar, masks,
                                         np.zeros((3, 64, 64), bool), config)
     assert nan_result.method == "fallback" and "non-finite" in nan_result.reason
 

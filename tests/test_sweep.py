@@ -99,16 +99,16 @@ def test_sweep_rejects_a_missing_notebook_and_bad_workers(tmp_path, toy_notebook
 def test_concurrent_map_builds_wait_for_one(tmp_path, monkeypatch):
     calls = []
 
-    def fake_main(argv):
-        calls.append(argv)
-        out = Path(argv[argv.index("--out") + 1])
+    def fake_build(kind, data, out, **options):
+        calls.append((kind, data, out, options))
+        out = Path(out)
         time.sleep(0.3)
         out.mkdir(parents=True, exist_ok=True)
         (out / "manifest.json").write_text(json.dumps({}))
         (out / "report.json").write_text(json.dumps({}))
-        return 0
+        return {"kind": kind, "records": []}
 
-    monkeypatch.setattr("spanlib.cli.main", fake_main)
+    monkeypatch.setattr("spanlib.maps.build.build_knowledge_maps", fake_build)
     out = tmp_path / "maps" / "deformable"
     threads = [threading.Thread(target=book.ensure_maps, args=("deformable", tmp_path / "data", out)) for _ in range(3)]
     for t in threads:

@@ -9,21 +9,11 @@ import numpy as np
 import pytest
 
 from spanlib.cli import main as cli_main
-from spanlib.maps.registration import RegistrationConfig
-from spanlib.maps.heuristic import (
-    CHEST_ORGANS,
-    MapFileError,
-    dice,
-    dice_report,
-    fill_triangle,
-    load_knowledge_maps,
-    part_heuristic_maps,
-    read_maps,
-    resize_nearest,
-    save_maps,
-    triangular_maps,
-)
 from spanlib.maps.build import build_knowledge_maps, parse_shard, shard_ids
+from spanlib.maps.heuristic import CHEST_ORGANS, fill_triangle, part_heuristic_maps, triangular_maps
+from spanlib.maps.quality import dice, dice_report, resize_nearest
+from spanlib.maps.registration import RegistrationConfig
+from spanlib.maps.store import MapFileError, load_knowledge_maps, read_maps, save_maps
 
 
 def test_triangular_maps_shape_and_dtype() -> None:
@@ -265,7 +255,7 @@ def test_paper_segmenter_builds_offline() -> None:
 
 
 def test_deformable_with_the_simpleitk_method(chest_dir: Path, tmp_path: Path) -> None:
-    from spanlib.maps.registration import SitkConfig
+    from spanlib.maps.registration_sitk import SitkConfig
 
     config = SitkConfig(shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0), affine_iterations=30, bspline_iterations=10)
     report = build_knowledge_maps("deformable", chest_dir, tmp_path / "sitk", size=32, method="sitk",

@@ -1,14 +1,15 @@
-"""Configuration of the attention study: one frozen dataclass per variant, presets as data."""
+"""Configuration of the attention study: one frozen dataclass per variant, presets as data.
+
+The presets are ``spanlib/attention_study/presets.yaml``, read into :data:`PRESETS`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spanlib.core.configs import DinoConfig, ModelConfig
+from spanlib.core.configs import DinoConfig, FrozenConfig, ModelConfig, read_package_yaml
 
 LOSSES: tuple[str, ...] = ("dino", "nce")
 """Self-supervised losses compared: DINO's cross-entropy and SimCLR's NT-Xent."""
@@ -18,7 +19,7 @@ VIEW_MODES: tuple[str, ...] = ("same", "digit_only")
 
 
 @dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(FrozenConfig):
     """One variant of the study: model, loss, views and schedule.
 
     Attributes:
@@ -127,18 +128,6 @@ class StudyConfig:
         """Side of the attention grid (patches per row)."""
         return self.img_size // self.patch_size
 
-    def replace(self, **changes: Any) -> StudyConfig:
-        """A copy with some fields changed (validated again).
-
-        Raises:
-            ValueError: an unknown field or an invalid value.
-        """
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(f"StudyConfig has no fields {unknown}")
-        changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
-        return dataclasses.replace(self, **changes)
-
     def model_config(self) -> ModelConfig:
         """The backbone for :func:`spanlib.model.vit.build_vit` (grey input, no drop path)."""
         return ModelConfig(
@@ -167,13 +156,9 @@ class StudyConfig:
             freeze_last_layer=self.freeze_last_layer_steps,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (tuples as lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
 
 @dataclass(frozen=True)
-class Variant:
+class Variant(FrozenConfig):
     """A named change to the preset's base configuration.
 
     Attributes:
@@ -188,7 +173,7 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class StudyPreset:
+class StudyPreset(FrozenConfig):
     """A whole study: the base, the variants and the comparisons drawn from them.
 
     Attributes:
@@ -246,74 +231,9 @@ class StudyPreset:
         raise KeyError(f"no variant {name!r}")
 
 
-def _variants(coarse: int, big_patch: int, batch: int) -> tuple[Variant, ...]:
-    """The variants of every preset; the presets differ in the base and in two grid changes.
-
-    The multi-crop variants keep the number of crops per step: with ``n``
-    crops per branch a step takes ``batch / n`` canvases.
-
-    Args:
-        coarse: input side of the low-resolution variant (base patch size).
-        big_patch: patch side of the large-patch variant (base input size).
-        batch: the base batch size (canvases per step).
-    """
-    return (
-        Variant("untrained", "untrained (random init)", {"steps": 0}),
-        Variant("dino_same", "DINO, same views", {"loss": "dino", "views": "same"}),
-        Variant("nce_same", "NCE, same views", {"loss": "nce", "views": "same"}),
-        Variant("dino_digit", "DINO, digit-only shared", {"loss": "dino", "views": "digit_only"}),
-        Variant("nce_digit", "NCE, digit-only shared", {"loss": "nce", "views": "digit_only"}),
-        Variant("dino_digit_crops2", "DINO, digit-only, 2 crops per branch", {"crops": 2, "batch_size": batch // 2}),
-        Variant("dino_digit_crops4", "DINO, digit-only, 4 crops per branch", {"crops": 4, "batch_size": batch // 4}),
-        Variant("dino_digit_lowres", f"DINO, digit-only, {coarse} px input", {"img_size": coarse}),
-        Variant("dino_digit_bigpatch", f"DINO, digit-only, patch {big_patch}", {"patch_size": big_patch}),
-    )
-
-
-def _comparisons() -> dict[str, tuple[str, ...]]:
-    return {
-        "loss and views": ("untrained", "dino_same", "nce_same", "dino_digit", "nce_digit"),
-        "crops per branch": ("dino_digit", "dino_digit_crops2", "dino_digit_crops4"),
-        "resolution and patch size": ("dino_digit", "dino_digit_lowres", "dino_digit_bigpatch"),
-    }
-
-
 PRESETS: dict[str, StudyPreset] = {
-    # seconds on a CPU: proves the code path, says nothing about attention
-    "smoke": StudyPreset(
-        base=StudyConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, batch_size=8, steps=2,
-                         warmup_steps=1, out_dim=32, hidden_dim=32, bottleneck_dim=16, proj_hidden=32, proj_dim=16),
-        variants=_variants(16, 16, 8),
-        comparisons=_comparisons(),
-        n_eval=10,
-        n_show=1,
-        monitor_every=1,
-        n_monitor=10,
-    ),
-    # the published book: 2 CPU cores, about two minutes for every variant together; the
-    # base's defaults (64 px, patch 8, width 64, 2 blocks, 4 heads, batch 32, 100 steps)
-    "book": StudyPreset(
-        base=StudyConfig(),
-        variants=_variants(32, 16, 32),
-        comparisons=_comparisons(),
-        n_eval=200,
-        n_show=2,
-        monitor_every=20,
-        n_monitor=100,
-    ),
-    # closer to the seminar: ViT-S/8 shape at 112 px (a 14 x 14 grid), longer training; a GPU
-    "paper": StudyPreset(
-        base=StudyConfig(img_size=112, patch_size=8, embed_dim=384, depth=12, num_heads=6, batch_size=32, steps=3000,
-                         warmup_steps=300, lr=5e-4, weight_decay_end=0.4, out_dim=65536, hidden_dim=2048,
-                         bottleneck_dim=256, use_bn_in_head=False, momentum_teacher=0.996,
-                         freeze_last_layer_steps=300, proj_hidden=2048, proj_dim=128, temperature=0.1),
-        variants=_variants(56, 16, 32),
-        comparisons=_comparisons(),
-        n_eval=2000,
-        n_show=3,
-        monitor_every=250,
-        n_monitor=500,
-    ),
+    name: StudyPreset.from_dict(entry, where=f"presets.yaml: {name}")
+    for name, entry in read_package_yaml("spanlib.attention_study", "presets.yaml")["presets"].items()
 }
 """Study presets by name (data, not code)."""
 

@@ -12,7 +12,8 @@ from torchvision import tv_tensors
 
 from spanlib.attention_study.study import StudyResults
 from spanlib.attention_study.views import as_image, augmentation
-from spanlib.figures.attention import STYLE, BookFigure, attention_grid
+from spanlib.figures.attention import attention_grid
+from spanlib.figures.style import STYLE, BookFigure
 
 METRIC_LABELS: dict[str, str] = {
     "ap": "pixel AP vs digit (%)",

@@ -13,7 +13,8 @@ from torch import nn
 
 from spanlib.attention_study.config import StudyConfig
 from spanlib.attention_study.views import INK_THRESHOLD
-from spanlib.eval.metrics import attention_average_precision, average_precision_patches, patch_counts, pointing_game
+from spanlib.eval.ap import attention_average_precision, average_precision_patches, patch_counts
+from spanlib.eval.metrics import pointing_game
 from spanlib.model.vit import cls_attention
 
 METRICS: tuple[str, ...] = ("ap", "pointing", "clutter_ap", "digit_mass", "clutter_mass")
@@ -93,7 +94,7 @@ def digit_vs_clutter_ap(attention: torch.Tensor, eval_set: EvalSet) -> torch.Ten
     A map that lights up every bright stroke alike scores about the digit's
     share of the ink; one that prefers the digit to the clutter scores more.
     Computed exactly from patch scores and per-patch pixel counts
-    (:func:`spanlib.eval.metrics.average_precision_patches`) with digit pixels
+    (:func:`spanlib.eval.ap.average_precision_patches`) with digit pixels
     positive, clutter-ink pixels negative and every other pixel ignored.
 
     Args:
@@ -113,7 +114,7 @@ def mass_share(attention: torch.Tensor, masks: np.ndarray) -> torch.Tensor:
     """Share of the patch attention that falls on a mask's pixels, per map and head.
 
     A patch's attention is spread evenly over the pixels nearest upsampling
-    gives it (:func:`spanlib.eval.metrics.patch_counts`), so the share is
+    gives it (:func:`spanlib.eval.ap.patch_counts`), so the share is
     ``sum_p a_p * m_p / sum_p a_p`` with ``m_p`` the fraction of patch
     ``p``'s pixels inside the mask. A flat map scores the mask's share of
     the canvas.

@@ -18,7 +18,7 @@ from spanlib.model import dino as D
 from spanlib.attention_study.config import StudyConfig
 from spanlib.attention_study.losses import ProjectionHead, branch_dino_loss, branch_nce_loss, positive_top1
 from spanlib.attention_study.views import CanvasRenderer, ViewStream
-from spanlib.core.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from spanlib.core.checkpoint import load_checkpoint, save_atomic, write_json
 from spanlib.core.device import default_device, torch_threads
 from spanlib.model.vit import build_vit
 
@@ -264,7 +264,7 @@ def ensure_variant(
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "key.json").unlink(missing_ok=True)
-        save_atomic(trained.backbone.state_dict(), folder / "model.pt")
+        save_atomic(folder / "model.pt", trained.backbone.state_dict())
         (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trained.log))
-        write_json_atomic({"key": key, "seconds": round(trained.seconds, 2)}, folder / "key.json")
+        write_json(folder / "key.json", {"key": key, "seconds": round(trained.seconds, 2)})
     return trained

@@ -1,11 +1,13 @@
 """Benchmark of the BYOL training step: object-level vs plain BYOL, float32 vs bfloat16, one vs two threads.
 
-``python -m spanlib.bench.byol [--json]`` draws a batch of chest phantoms
+``python -m spanlib bench byol [--json]`` draws a batch of chest phantoms
 at the ``book`` preset's size, builds the networks of each variant and
 alternates their training steps inside one run (the 2-core machines are
 shared and noisy), reporting the median step time after warm-up. It also
 times the parts of an object-level step: refinement (target C4 forward,
 mask pooling, K-means), BYOL's views, and the masks carried into the views.
+
+:func:`measure` returns the result as a dict; :func:`main` is the command line.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def _median(times: list[float], warmup: int) -> float:
     return statistics.median(times[warmup:])
 
 
-def run(steps: int = 10, warmup: int = 2, batch_size: int | None = None) -> dict:
+def measure(steps: int = 10, warmup: int = 2, batch_size: int | None = None) -> dict:
     """Median seconds per step of each variant, and of the parts of an object-level step."""
     base = byol_config("book")
     batch = batch_size or base.batch_size
@@ -103,13 +105,14 @@ def run(steps: int = 10, warmup: int = 2, batch_size: int | None = None) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: print the measurements (a table, or JSON with ``--json``)."""
-    parser = argparse.ArgumentParser(prog="python -m spanlib.bench.byol", description=__doc__.splitlines()[0])
+    """``python -m spanlib bench byol [--json] ...``: print the measurements; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m spanlib bench byol", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="measured steps per variant (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps per variant")
+    parser.add_argument("--batch", type=int, default=None, help="images per step (default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
-    result = run(args.steps, args.warmup)
+    result = measure(args.steps, args.warmup, args.batch)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -1,7 +1,9 @@
 """``python -m spanlib bench NAME [--json] ...``: the measurements behind the performance page.
 
-Each benchmark lives beside the code it measures and exposes
-``main(argv) -> int``; this module only dispatches.
+Each benchmark is one module of this package with one command line,
+``main(argv) -> int``, and one function returning its result as a dict,
+``measure(...)`` (what the performance notebook calls); this module only
+dispatches: ``python -m spanlib bench NAME --help`` lists a benchmark's options.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Benchmark: fast batched b-spline registration vs a plain SimpleITK reference.
 
-``python -m spanlib.bench.register [--json]`` draws chest phantoms (the
+``python -m spanlib bench register [--json]`` draws chest phantoms (the
 book's 256-pixel films), registers one exemplar onto ``--n`` of them with the
 batched torch method (one single-threaded worker process per core, batches
 of images) and onto ``--ref-n`` of them with SimpleITK's multi-resolution
@@ -16,7 +16,12 @@ over ``--candidates`` annotated phantoms). The timed region of each variant
 is the registration work only: worker processes are started and warmed up
 before the first round (a real build pays that once, a few seconds, for
 thousands of images). Besides maps per wall-clock second, the workers' CPU
-time per map is reported: on shared cores it is the steadier number.
+time per map is reported: on shared cores it is the steadier number. From
+it, ``hours_190k_films_16_cores`` extrapolates a CheXpert-sized build
+(190,000 films) sharded over 16 single-thread workers
+(``templates build --shard i/n``).
+
+:func:`measure` returns the report as a dict; :func:`main` is the command line.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from spanlib.maps.registration import RegistrationConfig, RegistrationResult, SitkConfig
+from spanlib.maps.registration import RegistrationConfig, RegistrationResult
+from spanlib.maps.registration_sitk import SitkConfig
 
 ORGANS: tuple[str, ...] = ("left_lung", "right_lung", "heart")
 
@@ -52,7 +58,7 @@ def phantoms(indices: Sequence[int], seed: int, size: int) -> tuple[list[np.ndar
 
 def dice_per_organ(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, list[float]]:
     """Dice of each organ map (resized to its ground truth by nearest neighbour), per image."""
-    from spanlib.maps.heuristic import dice, resize_nearest
+    from spanlib.maps.quality import dice, resize_nearest
 
     out: dict[str, list[float]] = {o: [] for o in ORGANS}
     for stack, truth in zip(maps, truths):
@@ -94,7 +100,7 @@ def _torch_task(args: tuple[list[np.ndarray], RegistrationConfig]) -> tuple[list
 
 
 def _sitk_task(args: tuple[list[np.ndarray], SitkConfig]) -> tuple[list[RegistrationResult], float]:
-    from spanlib.maps.registration import register_pair_sitk
+    from spanlib.maps.registration_sitk import register_pair_sitk
 
     images, config = args
     start = time.process_time()
@@ -139,9 +145,12 @@ class _Variant:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print a summary (``--json``: one JSON object)."""
-    parser = argparse.ArgumentParser(prog="python -m spanlib.bench.register", description=__doc__.splitlines()[0])
+CHEXPERT_FILMS = 190_000
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line's options."""
+    parser = argparse.ArgumentParser(prog="python -m spanlib bench register", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="phantoms registered by the fast method per round")
     parser.add_argument("--ref-n", type=int, default=4, help="phantoms registered by the reference per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (speeds: median over rounds)")
@@ -158,11 +167,44 @@ def main(argv: list[str] | None = None) -> int:
                              "sitk64 (SimpleITK at 64 px); empty for none")
     parser.add_argument("--no-global", action="store_true", help="skip the global-average template")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
-    variants = {v for v in args.variants.split(",") if v}
+    return parser
+
+
+def measure(**options: Any) -> dict[str, Any]:
+    """Run the benchmark with the command line's options as keywords (``n=8, workers=1``), quietly."""
+    options = {"json": True, **options}  # no progress lines
+    args = parser().parse_args([])
+    unknown = set(options) - set(vars(args))
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}")
+    vars(args).update(options)
+    return _report(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m spanlib bench register [--json] ...``; returns the exit status."""
+    args = parser().parse_args(argv)
+    try:
+        report = _report(args)
+    except ValueError as err:
+        raise SystemExit(f"bench register: {err}") from None
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key in ("maps_per_s", "dice_mean", "reference_maps_per_s", "reference_dice_mean", "speedup",
+                    "cpu_ms_per_map", "reference_cpu_ms_per_map", "cpu_speedup", "maps_per_s_per_worker",
+                    "hours_190k_films_16_cores", "triangular_dice", "global_dice", "deformable_dice"):
+            if key in report:
+                print(f"{key}: {report[key]}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> dict[str, Any]:
+    given = args.variants.split(",") if isinstance(args.variants, str) else args.variants
+    variants = {v for v in given if v}
     unknown = variants - {"one_worker", "sitk64"}
     if unknown:
-        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown variants: {', '.join(sorted(unknown))}")
 
     from spanlib.maps.registration import select_exemplar
     from spanlib.maps.heuristic import triangular_maps
@@ -234,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_ms_per_map": fast["cpu_ms_per_map"],
         "reference_cpu_ms_per_map": ref["cpu_ms_per_map"],
         "cpu_speedup": round(ref["cpu_ms_per_map"] / fast["cpu_ms_per_map"], 1),
+        "maps_per_s_per_worker": round(fast["maps_per_s"] / args.workers, 3),
+        "maps_per_cpu_s": round(1000.0 / fast["cpu_ms_per_map"], 2),
+        "hours_190k_films_16_cores": round(CHEXPERT_FILMS * fast["cpu_ms_per_map"] / 1000.0 / 16 / 3600, 3),
         "dice_gap_vs_reference": round(_overall(ref_scores) - _overall(fast_scores), 4),
         "methods": {name: _count_methods(run.results) for name, run in runs.items()},
         "variants": {name: run.summary() for name, run in runs.items()},
@@ -246,15 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         report["sitk64_dice_mean"] = _overall(dice_per_organ([r.maps for r in runs["sitk64"].results], ref_truths))
     if not args.no_global:
         report["global_dice"], report["global_info"] = _global_dice(args, fast_images, fast_truths)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key in ("maps_per_s", "dice_mean", "reference_maps_per_s", "reference_dice_mean", "speedup",
-                    "cpu_ms_per_map", "reference_cpu_ms_per_map", "cpu_speedup", "triangular_dice", "global_dice",
-                    "deformable_dice"):
-            if key in report:
-                print(f"{key}: {report[key]}")
-    return 0
+    return report
 
 
 def _count_methods(results: Sequence[RegistrationResult]) -> dict[str, int]:
@@ -271,7 +308,7 @@ def _global_dice(args: argparse.Namespace, images: Sequence[np.ndarray], truths:
 
     from spanlib.maps.registration import single_thread
     from spanlib.maps.segmentation import SegConfig, predict_probabilities, train_segmenter
-    from spanlib.maps.heuristic import resize_nearest
+    from spanlib.maps.quality import resize_nearest
 
     config = SegConfig()
     train_images, train_masks = phantoms(range(20_000, 20_000 + config.n_train), args.seed, args.image_size)

@@ -27,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 
 from spanlib.figures import attention as viz
+from spanlib.figures.style import figure_png
 from spanlib.pretrain.augment import ViewMaker
 from spanlib.core.paths import project_root
 from spanlib.core.configs import Config
@@ -288,16 +289,14 @@ class AttentionBrowser:
             return viz.attention_grid([sample.image], view.attention[None], masks=[masks], head_names=names,
                                       knowledge_maps=[maps], threshold=view.threshold, title=title)
         head = int(view.head)
-        organ = names.get(head)
-        if masks is not None and organ in masks:
-            masks = {organ: masks[organ]}
-        return viz.attention_overlay(sample.image, view.attention, masks=masks, knowledge_map=maps.get(head),
+        return viz.attention_overlay(sample.image, view.attention, masks=viz.masks_for_head(masks, head, names),
+                                     knowledge_map=maps.get(head),
                                      threshold=view.threshold, title=f"{title}\n{viz.head_label(head, names)}",
                                      panel_size=self.panel_size)
 
     def render(self) -> None:
         """Redraw the panel into :attr:`view` (called on every change)."""
-        self.view.value = viz.figure_png(self.figure())
+        self.view.value = figure_png(self.figure())
         view = self.current()
         notes = [n for n in (self._run(view.run).note, self._map_note) if n]
         text = f"<b>{html.escape(view.sample_id)}</b> ({view.index + 1} of {len(self.dataset)})"

@@ -9,6 +9,7 @@ papermill, JupyterLab) or from the repository root.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from spanlib.core.paths import data_dir, project_root, runs_dir  # noqa: F401 - the notebooks take paths from here
@@ -58,15 +59,20 @@ def _absolute(path: str | None, root: Path) -> str | None:
 
 
 def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None) -> Path:
-    """Build knowledge maps with ``python -m spanlib templates build`` unless built.
+    """Build knowledge maps (:func:`spanlib.maps.build.build_knowledge_maps`) unless built.
 
     The builder itself resumes: maps already built are skipped. A lock file
-    beside ``out`` makes concurrent callers wait for one build.
+    beside ``out`` makes concurrent callers wait for one build. The build's
+    summary is printed as ``python -m spanlib templates build`` prints it.
+
+    Raises:
+        RuntimeError: the build failed (bad data, unreadable files).
     """
     import fcntl
+    import json
     import os
 
-    from spanlib.cli import main
+    from spanlib.maps import build
 
     def built() -> bool:
         return (out / "manifest.json").is_file() and (out / "report.json").is_file()
@@ -79,11 +85,48 @@ def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None) ->
         fcntl.flock(lock, fcntl.LOCK_EX)
         if built():
             return out
-        argv = ["templates", "build", "--kind", kind, "--data", str(data), "--out", str(out), "--no-progress"]
-        argv += ["--workers", str(workers or os.cpu_count() or 1)]
-        if main(argv) != 0:
-            raise RuntimeError(f"{out}: building {kind} knowledge maps failed")
+        try:
+            report = build.build_knowledge_maps(kind=kind, data=str(data), out=str(out), exemplar="auto",
+                                                workers=workers or os.cpu_count() or 1, progress=False)
+        except (ValueError, OSError, KeyError) as error:
+            raise RuntimeError(f"{out}: building {kind} knowledge maps failed: {error}") from error
+        print(json.dumps({k: v for k, v in report.items() if k != "records"}, indent=1))
     return out
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """What names a run of the book: preset, regimen, seed and the swept settings.
+
+    Attributes:
+        preset: ``smoke``, ``book`` or ``paper``.
+        regimen: one of :data:`spanlib.core.configs.REGIMENS`.
+        seed: the run's seed.
+        lambda_span: SPAN's inclusion and exclusion weight (None: the preset's).
+        epochs: pretraining epochs (None: the preset's).
+        dataset: ``chest`` or another dataset of the book (``parts``).
+    """
+
+    preset: str
+    regimen: str
+    seed: int = 0
+    lambda_span: float | None = None
+    epochs: int | None = None
+    dataset: str = "chest"
+
+    def path(self) -> Path:
+        """Where the run lives.
+
+        ``runs/<preset>/<regimen>/seed<seed>[-lambda..][-epochs..]`` for chest
+        films, ``runs/<preset>/<dataset>/<regimen>/...`` for another dataset.
+        """
+        name = f"seed{self.seed}"
+        if self.lambda_span is not None:
+            name += f"-lambda{self.lambda_span:g}"
+        if self.epochs is not None:
+            name += f"-epochs{self.epochs}"
+        base = runs_dir(self.preset) if self.dataset == "chest" else runs_dir(self.preset) / self.dataset
+        return base / self.regimen / name
 
 
 def run_dir(
@@ -94,18 +137,8 @@ def run_dir(
     epochs: int | None = None,
     dataset: str = "chest",
 ) -> Path:
-    """Where a run of the book lives.
-
-    ``runs/<preset>/<regimen>/seed<seed>[-lambda..][-epochs..]`` for chest
-    films, ``runs/<preset>/<dataset>/<regimen>/...`` for another dataset.
-    """
-    name = f"seed{seed}"
-    if lambda_span is not None:
-        name += f"-lambda{lambda_span:g}"
-    if epochs is not None:
-        name += f"-epochs{epochs}"
-    base = runs_dir(preset) if dataset == "chest" else runs_dir(preset) / dataset
-    return base / regimen / name
+    """Where a run of the book lives (see :meth:`RunKey.path`)."""
+    return RunKey(preset, regimen, seed, lambda_span, epochs, dataset).path()
 
 
 def ensure_pretrained(
@@ -129,6 +162,7 @@ def ensure_pretrained(
     from spanlib.data import make_default_data
     from spanlib.pretrain.train import pretrain
 
+    key = RunKey(preset, regimen, seed, lambda_span, epochs, dataset)
     root = project_root()
     paths = make_default_data(preset, root / "data" / "generated" / preset, seed=0)
     overrides: dict[str, object] = {"run.seed": seed, "run.data": str(paths[dataset])}
@@ -146,7 +180,7 @@ def ensure_pretrained(
             target = target.with_name(f"{dataset}-{kind}")
         ensure_maps(kind, paths[dataset], target)
         cfg = cfg.replace(**{"span.knowledge_maps": str(target)})
-    out = run_dir(preset, regimen, seed, lambda_span, epochs, dataset)
+    out = key.path()
     if (out / "config.yaml").exists():
         from spanlib.core.configs import load_config
 

@@ -3,16 +3,19 @@
 :class:`ByolConfig` holds everything a run depends on; it is saved as JSON
 beside every run, and a cached run is reused only when its saved config is
 equal to the one asked for (:func:`spanlib.byol.train.ensure_byol`).
-:data:`BYOL_PRESETS` maps a preset name (``smoke``, ``book``, ``paper``) to
-the fields that differ from the defaults; :func:`byol_config` resolves a
-preset plus overrides. A notebook never branches on the preset name.
+The presets are data, ``spanlib/byol/presets.yaml``: :data:`BYOL_PRESETS`
+maps a preset name (``smoke``, ``book``, ``paper``) to the fields that differ
+from the defaults, :data:`BYOL_STUDIES` to the chapter's plan;
+:func:`byol_config` resolves a preset plus overrides. A notebook never
+branches on the preset name.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from spanlib.core.configs import FrozenConfig, merge, read_package_yaml, unflatten
 
 POOLINGS: tuple[str, ...] = ("object", "superpixel", "global")
 """``object``: BYOL loss per refined object mask; ``superpixel``: per SLIC superpixel, unrefined (the
@@ -20,7 +23,7 @@ priors alone, an ablation); ``global``: plain BYOL (one mask = the whole image).
 
 
 @dataclass(frozen=True)
-class ByolConfig:
+class ByolConfig(FrozenConfig):
     """One object-level (or plain) BYOL run.
 
     Attributes:
@@ -125,66 +128,20 @@ class ByolConfig:
         """Side of the C5 feature map."""
         return self.image_size // 2 ** len(self.widths)
 
-    def replace(self, **changes: Any) -> ByolConfig:
-        """A copy with some fields changed (lists become tuples)."""
-        return dataclasses.replace(self, **{k: _tuple(v) for k, v in changes.items()})
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+_PRESETS: dict[str, dict[str, Any]] = read_package_yaml("spanlib.byol", "presets.yaml")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ByolConfig:
-        """The config a :meth:`to_dict` wrote; unknown keys raise ``ValueError``."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ByolConfig fields: {', '.join(unknown)}")
-        return cls(**{k: _tuple(v) for k, v in data.items()})
-
-
-def _tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
+# the fields as a built config holds them (lists of the YAML as tuples), each preset checked on import
 BYOL_PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {
-        "image_size": 32,
-        "widths": (8, 16),
-        "proj_hidden": 32,
-        "proj_dim": 16,
-        "n_segments": 12,
-        "k": 4,
-        "kmeans_iters": 5,
-        "epochs": 1,
-        "batch_size": 16,
-        "warmup_epochs": 0,
-    },
-    "book": {},
-    "paper": {
-        "image_size": 128,
-        "widths": (64, 128, 256, 512),
-        "proj_hidden": 4096,
-        "proj_dim": 256,
-        "n_segments": 64,
-        "k": 64,
-        "epochs": 300,
-        "batch_size": 256,
-        "lr": 1e-3,
-        "weight_decay": 1e-6,
-        "warmup_epochs": 10,
-        "momentum": 0.996,
-        "crop_scale": (0.08, 1.0),
-        "blur_kernel": 13,
-        "blur_sigma": (0.1, 2.0),
-        "threads": 8,
-    },
+    name: {key: getattr(ByolConfig.from_dict(entry["config"], where=f"presets.yaml: {name}.config"), key)
+           for key in entry["config"]}
+    for name, entry in _PRESETS.items()
 }
 """preset -> fields of :class:`ByolConfig` that differ from the defaults (the ``book`` preset)."""
 
 
 @dataclass(frozen=True)
-class ByolStudy:
+class ByolStudy(FrozenConfig):
     """What the book's chapter runs for a preset, beside the runs' own config.
 
     Attributes:
@@ -202,9 +159,7 @@ class ByolStudy:
 
 
 BYOL_STUDIES: dict[str, ByolStudy] = {
-    "smoke": ByolStudy(ablation_k=(2, 4), workers=1, n_show=3, refine_batch=8),
-    "book": ByolStudy(ablation_k=(2, 8, 32), workers=2, n_show=4, refine_batch=64),
-    "paper": ByolStudy(ablation_k=(4, 16, 64), workers=1, n_show=6, refine_batch=256),
+    name: ByolStudy.from_dict(entry["study"], where=f"presets.yaml: {name}.study") for name, entry in _PRESETS.items()
 }
 """preset -> what the chapter runs (data, like :data:`BYOL_PRESETS`)."""
 
@@ -228,4 +183,4 @@ def byol_config(preset: str, **overrides: Any) -> ByolConfig:
     """
     if preset not in BYOL_PRESETS:
         raise ValueError(f"unknown BYOL preset {preset!r}; known: {', '.join(BYOL_PRESETS)}")
-    return ByolConfig.from_dict({**BYOL_PRESETS[preset], **overrides})
+    return ByolConfig.from_dict(merge(BYOL_PRESETS[preset], unflatten(overrides)))

@@ -1,6 +1,6 @@
 """Figures of the BYOL chapter: SLIC priors against refined object masks, and the ablation over K.
 
-Both return a :class:`spanlib.figures.attention.BookFigure` drawn with :data:`spanlib.figures.attention.STYLE`.
+Both return a :class:`spanlib.figures.style.BookFigure` drawn with :data:`spanlib.figures.style.STYLE`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from matplotlib.lines import Line2D
 from skimage.color import label2rgb
 from skimage.segmentation import find_boundaries
 
-from spanlib.figures.attention import STYLE, BookFigure
-from spanlib.figures.samples import DEFAULT_MASK_COLOURS
+from spanlib.figures.style import DEFAULT_MASK_COLOURS, STYLE, BookFigure
 
 __all__ = ["ablation_figure", "mask_panels"]
 

@@ -38,7 +38,7 @@ from spanlib.byol.config import ByolConfig
 from spanlib.byol.masks import carry_masks, mask_pool, one_hot, refine_masks
 from spanlib.byol.model import ByolNetwork, byol_loss, update_target
 from spanlib.byol.views import ByolViews, normalize
-from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json_atomic
+from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json
 from spanlib.core.device import default_device, torch_threads
 from spanlib.model.dino import cosine_scheduler, param_groups
 
@@ -146,8 +146,8 @@ def byol_step(
 
 
 def _save(path: Path, online: ByolNetwork, target: ByolNetwork, opt: torch.optim.Optimizer, step: int) -> None:
-    save_atomic({"online": online.state_dict(), "target": target.state_dict(), "optimizer": opt.state_dict(),
-                 "step": step}, path / "checkpoint.pt")
+    save_atomic(path / "checkpoint.pt", {"online": online.state_dict(), "target": target.state_dict(),
+                                         "optimizer": opt.state_dict(), "step": step})
 
 
 def train_byol(
@@ -197,7 +197,7 @@ def train_byol(
     lrs = cosine_scheduler(cfg.lr, 0.0, cfg.epochs, per_epoch, cfg.warmup_epochs)
     momenta = cosine_scheduler(cfg.momentum, 1.0, cfg.epochs, per_epoch)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cfg.to_dict(), out / "config.json")
+    write_json(out / "config.json", cfg.to_dict())
 
     with torch_threads(max(1, cfg.threads)):
         online, target = build_networks(cfg)
@@ -250,7 +250,7 @@ def train_byol(
                "seconds_per_step": seconds / max(stop - start, 1), "resumed_from": start, "device": str(device),
                "threads": max(1, cfg.threads)}
     if stop == total:
-        write_json_atomic(summary, out / "done.json")
+        write_json(out / "done.json", summary)
     return summary
 
 

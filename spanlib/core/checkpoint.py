@@ -1,31 +1,54 @@
-"""Atomic checkpoints and JSON-lines logs."""
+"""Atomic file writes (any file, torch checkpoints, JSON) and JSON-lines logs."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+_TMP_COUNTER = itertools.count()
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename.
 
-    A run killed while writing leaves the previous checkpoint intact.
+def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    Readers never see half a file, and a run killed while writing leaves the
+    previous file intact. The parent folder is created; the temporary file
+    (``.<name>.<pid>.<n>.tmp``, created with the usual permissions) is removed
+    whatever happens.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp")
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_atomic(path: Path, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_json(path: Path, payload: Any, *, indent: int = 2, default: Callable[[Any], Any] | None = None) -> None:
+    """Write ``payload`` as JSON (keys in insertion order, a final newline) atomically (see :func:`write_atomic`).
+
+    Args:
+        path: the file written.
+        payload: anything ``json.dumps`` takes.
+        indent: the indentation of ``json.dumps``.
+        default: ``json.dumps``'s fallback for other objects (None: they raise ``TypeError``).
+    """
+    text = json.dumps(payload, indent=indent, default=default) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -37,13 +60,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(f"{path}: unreadable checkpoint ({exc})") from exc
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 class JsonlLog:

@@ -126,6 +126,16 @@ class RecordDataset(Sequence[Sample]):
         self._load(self.records[index], problems=problems)
         return problems
 
+    def try_load(self, index: int) -> tuple[Sample | None, list[Problem]]:
+        """Load one sample, or list what is wrong with it, without raising (for batch jobs).
+
+        Returns:
+            ``(sample, [])`` when it loads, ``(None, problems)`` otherwise.
+        """
+        problems: list[Problem] = []
+        sample = self._load(self.records[index], problems=problems)
+        return (sample, []) if sample is not None and not problems else (None, problems)
+
     def read_image_file(self, path: Path) -> np.ndarray:
         """Read one image file (grey by default); override for other formats."""
         return read_image(path)

@@ -6,8 +6,12 @@ Examples::
     python -m spanlib data make --preset smoke --out scratch/smoke --seed 1
     python -m spanlib data scan --reader jsrt --root ~/data/JSRT
     python -m spanlib data scan --reader chexpert --root ~/data/CheXpert-v1.0-small --csv valid.csv
+    python -m spanlib data scan --reader images --root ~/data/my-films
+    python -m spanlib data import --reader jsrt --data ~/data/JSRT --out data/jsrt-256 --size 256
 
 ``scan`` lists every bad file and exits with status 1 if there is any.
+``import`` converts any reader's set to the folder format (streaming,
+resumable, bad files recorded in ``import-report.json``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from spanlib.data.readers import READERS, UNCERTAIN_POLICIES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``make`` and ``scan`` sub-commands to the ``data`` verb's parser."""
-    actions = parser.add_subparsers(dest="action", required=True, metavar="{make,scan}")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{make,scan,import}")
     make = actions.add_parser("make", help="generate the embedded default data of a preset")
     make.add_argument("--preset", choices=sorted(DATA_PRESETS), default="book", help="data sizes (default: book)")
     make.add_argument("--out", type=Path, default=None, help="output folder (default: data/generated/<preset>)")
@@ -34,19 +38,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     make.add_argument("--quiet", action="store_true", help="no progress bars")
 
     scan = actions.add_parser("scan", help="check every file of a dataset and list all bad ones")
-    scan.add_argument("--reader", choices=sorted(READERS), required=True, help="dataset reader")
-    scan.add_argument("--root", type=Path, required=True, help="dataset folder")
+    scan.add_argument("--root", "--data", dest="root", type=Path, required=True, help="dataset folder")
     scan.add_argument("--size", type=int, default=None, help="resize samples (checks resizing too)")
-    scan.add_argument("--split", default=None, help="folder reader: only this split")
-    scan.add_argument("--csv", default=None, help="chexpert: CSV file name (default train.csv)")
-    scan.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default=None, help="chexpert: uncertain labels")
-    scan.add_argument("--masks-root", type=Path, default=None, help="jsrt: folder of the SCR masks")
-    scan.add_argument("--quiet", action="store_true", help="no progress bar")
+    _reader_arguments(scan)
+
+    imp = actions.add_parser("import", help="convert any reader's dataset to the folder format (resumable)")
+    imp.add_argument("--data", "--root", dest="root", type=Path, required=True, help="the source dataset folder")
+    imp.add_argument("--out", type=Path, required=True, help="the folder-format dataset to write")
+    imp.add_argument("--size", type=int, default=None, help="resize every sample to SIZE x SIZE")
+    imp.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per grey pixel written")
+    _reader_arguments(imp)
+
+
+def _reader_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reader", choices=sorted(READERS), required=True, help="dataset reader")
+    parser.add_argument("--split", default=None, help="folder / images reader: only this split")
+    parser.add_argument("--csv", default=None, help="chexpert: CSV file name (default train.csv)")
+    parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default=None, help="chexpert: uncertain labels")
+    parser.add_argument("--masks-root", type=Path, default=None, help="jsrt: folder of the SCR masks")
+    parser.add_argument("--no-masks", dest="require_masks", action="store_const", const=False, default=None,
+                        help="images reader: read no masks (unlabelled films for pretraining)")
+    parser.add_argument("--split-seed", dest="seed", type=int, default=None,
+                        help="images reader: seed of the split when there is no splits.csv")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"size": "size", "split": "split", "csv": "csv", "uncertain": "uncertain", "masks_root": "masks_root"}
-    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+    names = ("size", "split", "csv", "uncertain", "masks_root", "require_masks", "seed")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +87,21 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"data make --preset {args.preset} --seed {args.seed}: done in {time.perf_counter() - start:.1f} s")
         return 0
+
+    if args.action == "import":
+        from spanlib.data.importer import import_dataset
+
+        options = _reader_options(args)
+        size = options.pop("size", None)
+        try:
+            summary = import_dataset(args.reader, args.root, args.out, size=size, bit_depth=args.bit_depth,
+                                     progress=not args.quiet, report=print, **options)
+            if summary["failed"]:
+                print(f"data import: {summary['failed']} sample(s) could not be read; the rest were imported")
+        except (TypeError, ValueError) as error:  # DataError is a ValueError: it names the file
+            print(f"data import: {error}")
+            return 2
+        return 0  # complete: failures are in the report, as the line above says
 
     from spanlib.data.scan import scan_dataset
 

@@ -16,6 +16,7 @@ reader name    dataset                                                masks
 ``shenzhen``   Shenzhen (CXR_png + ``*_mask.png`` lung masks)         lungs
 ``casting``    Kaggle casting product (def_front / ok_front)          none
 ``folder``     the spanlib folder format                              as in meta.json
+``images``     any folder: images/, masks/<organ>/, labels.csv        one per masks/ folder
 =============  =====================================================  ==========================
 """
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from spanlib.data.base import Record, RecordDataset
 from spanlib.data.folder import FolderDataset, read_csv_rows
+from spanlib.data.images import ImagesDataset
 from spanlib.data.imageio import block_mean, read_image, read_raw_image
 from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS, DataError
 
@@ -350,6 +352,7 @@ class CastingDataset(RecordDataset):
 
 READERS: dict[str, type[RecordDataset]] = {
     "folder": FolderDataset,
+    "images": ImagesDataset,
     "chexpert": ChexpertDataset,
     "jsrt": JsrtDataset,
     "montgomery": MontgomeryDataset,

@@ -9,7 +9,6 @@ frozen CLS features and the last block's CLS attention of every image once
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 from collections.abc import Sequence
@@ -20,29 +19,22 @@ import numpy as np
 import torch
 
 from spanlib.data.transforms import EvaluationView
-from spanlib.core.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from spanlib.core.checkpoint import save_atomic, write_json
 from spanlib.core.configs import Config
-from spanlib.model.vit import AttentionProbe, build_vit, patch_grid
+from spanlib.eval.sets import SelectionError, same_images, selection_set, split_of, test_set
+from spanlib.model.export import load_backbone
+from spanlib.model.vit import AttentionProbe, patch_grid
 
 KINDS = ("attention", "linear", "fewshot", "knn")
 
 
-def load_backbone(run: str | Path, which: str = "teacher") -> tuple[Config, torch.nn.Module, dict]:
-    """The run's configuration and its (teacher) backbone, in eval mode."""
-    state = load_checkpoint(Path(run) / "checkpoint.pt")
-    cfg = Config.from_dict(state["config"])
-    model = build_vit(cfg.model.__class__(**{**cfg.model.__dict__, "pretrained_path": None}))
-    prefix = "backbone."
-    weights = {k[len(prefix):]: v for k, v in state[which].items() if k.startswith(prefix)}
-    model.load_state_dict(weights)
-    return cfg, model.eval(), {"step": int(state["step"])}
-
-
-def _dataset_key(dataset: Sequence, step: int, n_last_blocks: int) -> str:
+def _dataset_key(dataset: Sequence, step: int, n_last_blocks: int, img_size: int | None = None) -> str:
     h = hashlib.blake2b(digest_size=8)
     h.update(str(getattr(dataset, "root", "")).encode())
     h.update("|".join(s for s in getattr(dataset, "ids", [])).encode())
     h.update(f"{len(dataset)}-{step}-{n_last_blocks}".encode())
+    if img_size is not None:
+        h.update(f"-size{img_size}".encode())
     return h.hexdigest()
 
 
@@ -53,6 +45,7 @@ def extract(
     samples: Sequence,
     batch_size: int = 64,
     n_last_blocks: int = 1,
+    img_size: int | None = None,
 ) -> dict[str, Any]:
     """Frozen features and CLS attention of every sample (evaluation view).
 
@@ -63,11 +56,13 @@ def extract(
         batch_size: images per forward pass.
         n_last_blocks: concatenate the normed CLS token of this many last
             blocks (DINO's linear evaluation uses 4 for ViT-S).
+        img_size: input side (default: the run's); the ViT takes other sizes
+            (the paper's appendix scores attention at 480 px).
 
     Returns:
         ``{"ids", "features" [N, D * n], "attention" [N, heads, gh, gw]}``.
     """
-    evaluation_view = EvaluationView(cfg.views, cfg.model.img_size, cfg.model.in_chans)
+    evaluation_view = EvaluationView(cfg.views, img_size or cfg.model.img_size, cfg.model.in_chans)
     captured: list[torch.Tensor] = []
     hooks = [b.register_forward_hook(lambda m, i, o: captured.append(o)) for b in model.blocks[-n_last_blocks:]]
     ids, feats, attns = [], [], []
@@ -91,17 +86,19 @@ def extract(
     return {"ids": ids, "features": torch.cat(feats), "attention": torch.cat(attns)}
 
 
-def cached_extract(run: str | Path, samples: Sequence, n_last_blocks: int = 1) -> dict[str, Any]:
+def cached_extract(run: str | Path, samples: Sequence, n_last_blocks: int = 1, img_size: int | None = None
+                   ) -> dict[str, Any]:
     """:func:`extract` for a run, cached in ``run/eval/cache-<key>.pt``."""
     cfg, model, info = load_backbone(run)
-    path = Path(run) / "eval" / f"cache-{_dataset_key(samples, info['step'], n_last_blocks)}.pt"
+    size = None if img_size in (None, cfg.model.img_size) else int(img_size)
+    path = Path(run) / "eval" / f"cache-{_dataset_key(samples, info['step'], n_last_blocks, size)}.pt"
     if path.exists():
         try:
             return torch.load(path, weights_only=True)
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
             path.unlink()
-    out = extract(model, cfg, samples, n_last_blocks=n_last_blocks)
-    save_atomic(out, path)
+    out = extract(model, cfg, samples, n_last_blocks=n_last_blocks, img_size=size)
+    save_atomic(path, out)
     return out
 
 
@@ -135,7 +132,8 @@ def attention_scores(
         Per organ: ``mAP``, ``head``, ``pointing``, ``iou``, ``per_head_mAP``
         and ``per_image_max_mAP`` (all in percent).
     """
-    from spanlib.eval.metrics import attention_average_precision, iou, mass_threshold, pointing_game, upsample_nearest
+    from spanlib.eval.ap import attention_average_precision, upsample_nearest
+    from spanlib.eval.metrics import iou, mass_threshold, pointing_game
 
     out = {}
     for organ, mask in masks.items():
@@ -172,16 +170,25 @@ def _labels(samples: Any, names: Sequence[str]) -> np.ndarray:
     return np.array([[r.labels.get(n, math.nan) for n in names] for r in samples.records], dtype=float)
 
 
-def split_of(dataset: Any, split: str) -> Any:
-    """The records of one split of any :mod:`spanlib.data` reader, same reader."""
-    sub = copy.copy(dataset)
-    sub.records = [r for r in dataset.records if r.split == split]
-    sub.ids = [r.id for r in sub.records]
-    return sub
+def evaluate(
+    kind: str,
+    run: str | Path,
+    data: str | Path,
+    seed: int = 0,
+    reader: str = "folder",
+    select_on: str | None = None,
+    test_on: str | None = None,
+    train_on: str | None = None,
+    eval_size: int | None = None,
+    out: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluate one run on a dataset and write the result as JSON.
 
-
-def evaluate(kind: str, run: str | Path, data: str | Path, seed: int = 0, reader: str = "folder", **options: Any) -> dict[str, Any]:
-    """Evaluate one run on a dataset and write the JSON beside the run.
+    Nothing is chosen on the test set: a baseline without assigned heads is
+    scored on the head that is best on the selection set (``select_on``, else
+    the ``val`` split); a set without either is refused with
+    :class:`~spanlib.eval.sets.SelectionError`.
 
     Args:
         kind: one of :data:`KINDS`.
@@ -189,8 +196,15 @@ def evaluate(kind: str, run: str | Path, data: str | Path, seed: int = 0, reader
         data: the dataset root.
         seed: seed of the probes.
         reader: a reader of :data:`spanlib.data.READERS` (``folder`` for the
-            generated data; ``jsrt``, ``montgomery``, ``chexpert``, ``casting``...
-            for real sets).
+            generated data; ``images`` for any folder of films and masks;
+            ``jsrt``, ``montgomery``, ``chexpert``, ``casting``... for real sets).
+        select_on: where a baseline's head is chosen (``SPLIT_OR_DIR``, see
+            :mod:`spanlib.eval.sets`).
+        test_on: the test set (default: the ``test`` split; CheXpert's
+            ``valid.csv``; every image of a set without splits).
+        train_on: the probes' training set (default: the ``train`` split).
+        eval_size: score at this input size instead of the run's.
+        out: the JSON file to write (default ``RUN/eval/<kind>-<dataset>.json``).
         **options: the reader's options (``size``, ``uncertain``, ...).
     """
     from spanlib.data import open_dataset
@@ -201,23 +215,43 @@ def evaluate(kind: str, run: str | Path, data: str | Path, seed: int = 0, reader
     cfg, _, info = load_backbone(run)
     data = Path(data)
     whole = open_dataset(reader, data, **options)
-    split = {s: split_of(whole, s) for s in ("train", "val", "test")}
-    result: dict[str, Any] = {"kind": kind, "run": str(run), "data": str(data), "regimen": cfg.regimen,
-                              "step": info["step"], "synthetic": bool(split["test"].meta.get("synthetic", False))}
+    test, test_how = test_set(whole, data, test_on, reader, options)
+    result: dict[str, Any] = {"kind": kind, "run": str(run), "data": str(data), "reader": reader,
+                              "regimen": cfg.regimen, "step": info["step"], "test_set": test_how,
+                              "test_images": len(test), "synthetic": bool(test.meta.get("synthetic", False))}
+    if eval_size:
+        result["eval_size"] = int(eval_size)
     if kind == "attention":
-        organs = list(split["test"].mask_names)
-        val, test = split["val"], split["test"]
+        organs = list(test.mask_names)
+        if not organs:
+            raise SelectionError(f"{data}: the test set has no masks to score attention against")
+        assigned = {o: h for o, h in cfg.span.assigned_heads.items() if o in organs}
         choice = None
-        if not cfg.span.assigned_heads and len(val):
-            val_scores = attention_scores(cached_extract(run, val)["attention"], _masks(val, organs), {})
-            choice = {o: val_scores[o]["head"] for o in organs}
-        result["organs"] = attention_scores(
-            cached_extract(run, test)["attention"], _masks(test, organs), dict(cfg.span.assigned_heads), choice
-        )
+        if len(assigned) < len(organs):  # some organ's head must be chosen: never on the test set
+            val, select_how = selection_set(whole, test, data, select_on, reader, options)
+            missing = [o for o in organs if o not in val.mask_names]
+            if missing:
+                raise SelectionError(f"{select_how}: the selection set has no masks for {', '.join(missing)}")
+            val_scores = attention_scores(cached_extract(run, val, img_size=eval_size)["attention"],
+                                          _masks(val, organs), {})
+            choice = {o: val_scores[o]["head"] for o in organs if o not in assigned}
+            result["selection_set"], result["selection_images"] = select_how, len(val)
+        scores = attention_scores(cached_extract(run, test, img_size=eval_size)["attention"], _masks(test, organs),
+                                  assigned, choice)
+        result["organs"] = scores
+        result["attention"] = {o: {"mean": s["mAP"], "head": s["head"], "head_chosen": s["head_chosen"],
+                                   "pointing": s["pointing"]} for o, s in scores.items()}
     else:
-        train, test = split["train"], split["test"]
+        if train_on:
+            train, train_how = test_set(whole, data, train_on, reader, options)
+        else:
+            train, train_how = split_of(whole, "train"), f"split 'train' of {data}"
+        if same_images(train, test):
+            raise SelectionError(f"{train_how}: the probe's training set shares images with the test set ({test_how})")
+        result["train_set"], result["train_images"] = train_how, len(train)
         names = list(train.label_names)
-        ftrain, ftest = cached_extract(run, train)["features"], cached_extract(run, test)["features"]
+        ftrain = cached_extract(run, train, img_size=eval_size)["features"]
+        ftest = cached_extract(run, test, img_size=eval_size)["features"]
         ytrain, ytest = _labels(train, names), _labels(test, names)
         if kind == "linear":
             result.update(probe.linear_probe(ftrain, ytrain, ftest, ytest, names, seed=seed))
@@ -225,7 +259,9 @@ def evaluate(kind: str, run: str | Path, data: str | Path, seed: int = 0, reader
             result.update(probe.fewshot(ftrain, ytrain[:, 0], ftest, ytest[:, 0], seed=seed))
         else:
             result.update(probe.knn_multilabel(ftrain, ytrain, ftest, ytest, names))
-    out = Path(run) / "eval" / f"{kind}-{data.name}.json"
+    out = Path(out) if out else Path(run) / "eval" / f"{kind}-{data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(result, out)
+    if hasattr(whole, "write_splits") and "seeded" in str(getattr(whole, "splits_from", "")):
+        result["splits_file"] = str(whole.write_splits(out.with_name(out.stem + "-splits.csv")))
+    write_json(out, result)
     return result

@@ -1,1 +1,2 @@
-"""The book's figures: one style, attention, training, maps, samples, tables."""
+"""The book's figures: one style (style), attention, training, maps, samples, result charts (results), and the
+chapters' tables and readings (tables, probes, shapes)."""

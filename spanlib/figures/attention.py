@@ -1,149 +1,45 @@
-"""Figures of the book: attention overlays, head grids, regimen comparisons, training curves.
-
-Every function returns a :class:`BookFigure`, a
-:class:`matplotlib.figure.Figure` built without pyplot, so nothing is left
-open in a global figure registry. Without pyplot no inline backend is active
-in the kernel and IPython would print a plain ``Figure`` as text; a
-``BookFigure`` renders itself as PNG (:meth:`BookFigure._repr_png_`), so a
-cell that returns one shows the image in JupyterLab, papermill output and the
-built book alike. One style, :data:`STYLE`, is applied
-with :func:`matplotlib.rc_context` inside each function; the caller's
-``rcParams`` are never changed.
+"""Attention figures: one map over its image, head grids, regimens side by side.
 
 Attention maps are drawn as the model sees them: a ``[gh, gw]`` patch grid
-upsampled to the image by nearest neighbour (:func:`spanlib.eval.metrics.upsample_nearest`),
+upsampled to the image by nearest neighbour (:func:`spanlib.eval.ap.upsample_nearest`),
 either as a heat map stretched from each map's minimum to its maximum (a
 head's attention often varies over a narrow range, so colours compare
 places within a panel, not across panels), or, with a ``threshold``, as the
 smallest set of patches holding that share of the attention mass (DINO's visualiser,
-:func:`spanlib.eval.metrics.mass_threshold`).
+:func:`spanlib.eval.metrics.mass_threshold`). Every function returns a
+:class:`spanlib.figures.style.BookFigure` drawn with :data:`spanlib.figures.style.STYLE`.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap, to_rgb
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from spanlib.eval.metrics import attention_average_precision, mass_threshold, upsample_nearest
-
-STYLE: dict[str, Any] = {
-    "figure.dpi": 100,
-    "savefig.dpi": 100,
-    "savefig.bbox": "tight",
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.labelsize": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": False,
-    "grid.color": "0.88",
-    "grid.linewidth": 0.8,
-    "legend.fontsize": 8,
-    "legend.frameon": False,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "lines.linewidth": 1.4,
-    "image.interpolation": "nearest",
-    "image.cmap": "gray",
-}
-"""The one style of the book's figures (a matplotlib rc dict)."""
-
-HEAT_CMAP = "inferno"
-"""Colour map of attention heat maps."""
-
-KEPT_COLOUR = "#ffd400"
-"""Fill colour of the attention region kept by a mass threshold."""
-
-KNOWLEDGE_MAP_COLOUR = "#39ff14"
-"""Outline colour of a knowledge map (drawn dashed)."""
-
-TRAINING_METRICS: tuple[str, ...] = ("loss", "dino_loss", "span_loss", "inside_share", "teacher_entropy", "embed_std")
-"""Log keys :func:`training_curves` plots by default, one panel each."""
-
-_CYCLE = ("tab:orange", "tab:cyan", "tab:red", "tab:green", "tab:purple", "tab:olive")
-
-
-def figure_png(figure: Figure) -> bytes:
-    """A figure as PNG bytes, saved with :data:`STYLE` (dpi, tight bounding box)."""
-    buffer = io.BytesIO()
-    with matplotlib.rc_context(STYLE):
-        figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-class BookFigure(Figure):
-    """A matplotlib figure that displays itself as PNG in any Jupyter kernel.
-
-    Identical to :class:`matplotlib.figure.Figure`; only adds the rich
-    display method IPython looks for, so no ``%matplotlib inline`` and no
-    pyplot import is needed for a returned figure to appear.
-    """
-
-    def _repr_png_(self) -> bytes:
-        return figure_png(self)
-
-
-def _mask_colours(overrides: Mapping[str, str] | None) -> dict[str, str]:
-    from spanlib.figures.samples import DEFAULT_MASK_COLOURS  # imported here: viz_data may build on this module
-
-    return {**DEFAULT_MASK_COLOURS, **(overrides or {})}
-
-
-def _as_numpy(array: Any) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
-def _image_size(image: np.ndarray) -> tuple[int, int]:
-    if image.ndim not in (2, 3):
-        raise ValueError(f"expected an image [H, W] or [H, W, C], got shape {image.shape}")
-    return int(image.shape[0]), int(image.shape[1])
-
-
-def _resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A 2-D map resampled by nearest neighbour to ``size`` (unchanged when it fits)."""
-    if array.ndim != 2:
-        raise ValueError(f"expected a 2-D map, got shape {array.shape}")
-    if array.shape == tuple(size):
-        return array
-    out = F.interpolate(torch.from_numpy(array.astype(np.float32))[None, None], size=size, mode="nearest")[0, 0]
-    return out.numpy()
-
-
-def _root_figure(ax: Axes) -> Figure:
-    figure = ax.figure
-    while not isinstance(figure, Figure):
-        figure = figure.figure
-    return figure
-
-
-def _mask_colour(name: str, colours: Mapping[str, str], seen: dict[str, str]) -> str:
-    colour = colours.get(name) or seen.get(name) or _CYCLE[len(seen) % len(_CYCLE)]
-    seen.setdefault(name, colour)
-    return colour
-
-
-def _outline(ax: Axes, region: np.ndarray, colour: str, linestyle: str = "solid", linewidth: float = 1.2) -> bool:
-    """Draw the 0.5 level of a map; ``False`` when the map is empty or full."""
-    region = region.astype(np.float32)
-    if region.max() <= 0.5 or region.min() >= 0.5:
-        return False
-    ax.contour(region, levels=[0.5], colors=[colour], linestyles=[linestyle], linewidths=linewidth)
-    return True
-
+from spanlib.eval.ap import attention_average_precision, upsample_nearest
+from spanlib.eval.metrics import mass_threshold
+from spanlib.figures.style import (
+    HEAT_CMAP,
+    KEPT_COLOUR,
+    KNOWLEDGE_MAP_COLOUR,
+    STYLE,
+    BookFigure,
+    _as_numpy,
+    _image_size,
+    _mask_colour,
+    _mask_colours,
+    _outline,
+    _resize_nearest,
+    _root_figure,
+)
 
 def upsampled_attention(attention: Any, size: tuple[int, int]) -> np.ndarray:
     """One head's patch attention ``[gh, gw]`` upsampled by nearest neighbour to ``size``."""
@@ -259,7 +155,7 @@ def attention_overlay(
         title: the panel's title.
         alpha: opacity of the attention layer.
         mask_colours: organ -> colour (defaults:
-            :data:`spanlib.figures.samples.DEFAULT_MASK_COLOURS`).
+            :data:`spanlib.figures.style.DEFAULT_MASK_COLOURS`).
         panel_size: side of the panel in inches (new figures only).
 
     Returns:
@@ -295,6 +191,15 @@ def head_label(head: int, head_names: Mapping[int, str] | None = None) -> str:
     """``head 3`` or, for a named (assigned) head, ``head 0: left_lung``."""
     name = (head_names or {}).get(head)
     return f"head {head}: {name}" if name else f"head {head}"
+
+
+def masks_for_head(masks: Mapping[str, Any] | None, head: int, head_names: Mapping[int, str] | None = None
+                   ) -> Mapping[str, Any] | None:
+    """The outlines drawn with one head: its organ's mask alone for a head named after an organ, else all masks."""
+    organ = (head_names or {}).get(head)
+    if masks is not None and organ in masks:
+        return {organ: masks[organ]}
+    return masks
 
 
 def attention_grid(
@@ -363,8 +268,7 @@ def attention_grid(
             row_masks = dict((masks[row] if masks is not None else None) or {})
             row_maps = (knowledge_maps[row] if knowledge_maps is not None else None) or {}
             for col, head in enumerate(heads):
-                organ = (head_names or {}).get(head)
-                shown = {organ: row_masks[organ]} if organ in row_masks else row_masks
+                shown = masks_for_head(row_masks, head, head_names)
                 drawn_map |= _draw_overlay(axes[row, col], _as_numpy(images[row]), attention[row, head], shown,
                                            row_maps.get(head), threshold, alpha, colours, seen)
                 if row == 0:
@@ -471,135 +375,4 @@ def regimen_comparison(
         _legend(figure, seen, drawn_map, threshold)
         if title:
             figure.suptitle(title)
-    return figure
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_step_record(record: Mapping[str, Any], key: str) -> bool:
-    """A training-step record holding ``key`` (an ``event`` record is not; NaN means absent)."""
-    event = record.get("event")
-    if isinstance(event, str) and event:
-        return False
-    return _is_finite_number(record.get("step")) and _is_finite_number(record.get(key))
-
-
-def training_curves(
-    logs: Mapping[str, Sequence[Mapping[str, Any]]],
-    metrics: Sequence[str] = TRAINING_METRICS,
-    ncols: int = 3,
-    panel_size: tuple[float, float] = (3.0, 2.2),
-    title: str | None = None,
-) -> Figure:
-    """Training diagnostics over optimizer steps, one panel per logged quantity.
-
-    Records without a ``step`` or with an ``event`` (checkpoints,
-    divergence notes) are skipped, and a missing or NaN value is no point, so
-    records from ``DataFrame.to_dict("records")`` work as well as the raw
-    log; a run that does not log a quantity (a DINO run has no
-    ``inside_share``) is simply absent from that panel.
-
-    Args:
-        logs: run name -> records of its ``log.jsonl``
-            (:func:`spanlib.core.checkpoint.read_log`).
-        metrics: the log keys to plot, one panel each.
-        ncols: panels per row.
-        panel_size: ``(width, height)`` of one panel in inches.
-        title: figure title.
-
-    Returns:
-        A figure with ``len(metrics)`` axes.
-
-    Raises:
-        ValueError: no runs, no metrics, or ``ncols < 1``.
-    """
-    if not logs:
-        raise ValueError("training_curves needs at least one run")
-    if not metrics:
-        raise ValueError("training_curves needs at least one metric")
-    if ncols < 1:
-        raise ValueError(f"ncols must be positive, got {ncols}")
-    ncols = min(ncols, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
-    colours = {name: f"C{i % 10}" for i, name in enumerate(logs)}
-    with matplotlib.rc_context({**STYLE, "axes.grid": True}):
-        figure = BookFigure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows + 0.5 + (0.3 if title else 0.0)),
-                        layout="constrained")
-        grid = figure.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax in grid[len(metrics):]:
-            figure.delaxes(ax)
-        plotted: set[str] = set()
-        for ax, key in zip(grid, metrics):
-            for name, records in logs.items():
-                points = [(float(r["step"]), float(r[key])) for r in records if _is_step_record(r, key)]
-                if points:
-                    steps, values = zip(*sorted(points))
-                    ax.plot(steps, values, color=colours[name], label=name)
-                    plotted.add(name)
-            ax.set_title(key.replace("_", " "))
-            ax.set_xlabel("step")
-            if not ax.lines:
-                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
-        handles = [Line2D([], [], color=colours[name], label=name) for name in logs if name in plotted]
-        if handles:
-            figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
-        if title:
-            figure.suptitle(title)
-    return figure
-
-
-def knowledge_map_panels(
-    image: Any,
-    maps_by_kind: Mapping[str, Any],
-    organs: Sequence[str],
-    masks: Mapping[str, Any] | None = None,
-    mask_colours: Mapping[str, str] | None = None,
-    panel_size: float = 2.8,
-) -> Figure:
-    """One film and its knowledge maps of each kind (the paper's Figure 3).
-
-    The first panel shows the ground-truth outlines; each further panel one
-    kind of map (filled, one colour per organ) with the ground truth dashed.
-
-    Args:
-        image: ``[H, W]`` grey image.
-        maps_by_kind: kind name -> ``[len(organs), h, w]`` maps in [0, 1].
-        organs: the organ of each map channel.
-        masks: organ -> bool ``[H, W]`` ground truth.
-        mask_colours: organ -> colour overrides.
-        panel_size: inches per panel.
-
-    Returns:
-        A :class:`BookFigure`.
-    """
-    image = _as_numpy(image)
-    size = _image_size(image)
-    colours = _mask_colours(mask_colours)
-    seen: dict[str, str] = {}
-    with matplotlib.rc_context(STYLE):
-        figure = BookFigure(figsize=(panel_size * (1 + len(maps_by_kind)), panel_size + 0.3), layout="constrained")
-        axes = figure.subplots(1, 1 + len(maps_by_kind), squeeze=False)[0]
-        axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
-        axes[0].set_title("film and ground truth")
-        for organ, mask in (masks or {}).items():
-            _outline(axes[0], _resize_nearest(_as_numpy(mask).astype(np.float32), size), _mask_colour(organ, colours, seen))
-        for ax, (kind, maps) in zip(axes[1:], maps_by_kind.items()):
-            maps = _as_numpy(maps)
-            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-            for channel, organ in enumerate(organs):
-                region = _resize_nearest(maps[channel].astype(np.float32), size) >= 0.5
-                colour = _mask_colour(organ, colours, seen)
-                overlay = np.zeros((*size, 4), dtype=np.float32)
-                overlay[region] = (*to_rgb(colour), 0.35)
-                ax.imshow(overlay)
-                _outline(ax, region.astype(np.float32), colour, linewidth=1.0)
-                if masks and organ in masks:
-                    _outline(ax, _resize_nearest(_as_numpy(masks[organ]).astype(np.float32), size), colour, "dashed", 0.8)
-            ax.set_title(kind)
-        for ax in axes:
-            ax.set_axis_off()
-        handles = [Line2D([], [], color=c, label=o) for o, c in seen.items()]
-        figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     return figure

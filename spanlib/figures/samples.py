@@ -8,21 +8,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from spanlib.figures.attention import BookFigure
 from matplotlib.lines import Line2D
 
 from spanlib.data.sample import Sample
-
-DEFAULT_MASK_COLOURS: dict[str, str] = {
-    "left_lung": "tab:orange",
-    "right_lung": "tab:cyan",
-    "heart": "tab:red",
-    "lungs": "tab:orange",
-    "rim": "tab:orange",
-    "hub": "tab:cyan",
-    "digit": "tab:red",
-}
-_CYCLE = ("tab:orange", "tab:cyan", "tab:red", "tab:green", "tab:purple", "tab:olive")
+from spanlib.figures.style import DEFAULT_MASK_COLOURS, BookFigure, _mask_colour
 
 
 def _positive_labels(sample: Sample) -> str:
@@ -71,8 +60,7 @@ def sample_grid(
         image = sample.image
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
         for name, mask in sample.masks.items():
-            colour = colours.get(name) or seen.get(name) or _CYCLE[len(seen) % len(_CYCLE)]
-            seen.setdefault(name, colour)
+            colour = _mask_colour(name, colours, seen)
             if mask.any() and not mask.all():
                 ax.contour(np.asarray(mask, dtype=np.float32), levels=[0.5], colors=[colour], linewidths=1.0)
         if show_labels:

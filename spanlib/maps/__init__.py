@@ -1,1 +1,1 @@
-"""Knowledge maps: heuristic, on-disk store, Dice, registration (torch and SimpleITK), segmentation, the builder."""
+"""Knowledge maps: heuristic, store (on-disk format), quality (Dice), bspline + registration (torch), registration_sitk, segmentation, build + workers (the builder), cli."""

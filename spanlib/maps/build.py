@@ -1,72 +1,64 @@
-"""Batch tool: build knowledge maps for a dataset (``python -m spanlib templates ...``).
+"""The knowledge-map builder: :func:`build_knowledge_maps` (``python -m spanlib templates build``).
 
-``build`` writes a knowledge-map directory (layout in :mod:`spanlib.maps.heuristic`)::
-
-    python -m spanlib templates build --kind {triangular,global,deformable} --data DIR --out DIR
-        [--workers N] [--shard i/n] [--exemplar ID] [--size S]
+It writes a knowledge-map directory (layout in :mod:`spanlib.maps.store`):
 
 * ``triangular``: the spatial heuristic drawn at ``S x S``.
 * ``global``: a small segmentation network trained on a few labelled training
   images, its probabilities averaged over the dataset (``template.npz`` keeps
   the binary map and the soft mean).
-* ``deformable``: the exemplar registered onto every image, one
-  ``maps/<key>.npz`` per image; the key hashes the image's content, the
-  exemplar and the parameters, so a rerun skips what is built and rebuilds a
-  corrupt or stale entry. Work is split into batches run by one
-  single-threaded worker process per core; ``--shard i/n`` takes every n-th of
-  the sorted ids starting at i (each shard writes its own index and report,
-  and the loader merges them). Images that fail fall back (affine, then the
-  ``--fallback`` template or the heuristic) and are listed in the report.
-
-``dice`` scores a built directory against a dataset's ground-truth masks.
+* ``deformable``: the exemplar (:func:`choose_exemplar`) registered onto every
+  image, one ``maps/<key>.npz`` per image; the key hashes the image's content,
+  the exemplar and the parameters, so a rerun skips what is built and rebuilds
+  a corrupt or stale entry. Work is split into batches run by one
+  single-threaded worker process per core (:mod:`spanlib.maps.workers`);
+  ``shard=(i, n)`` takes every n-th of the sorted ids starting at i (each
+  shard writes its own index and report, and the loader merges them). Images
+  that fail fall back (affine, then the ``fallback`` template or the
+  heuristic) and are listed in the report.
 
 Every build ends with a summary report (``report.json``, or
 ``report-<i>-of-<n>.json`` for a shard): counts, failures with reasons,
-methods, quality distribution and time.
+methods, quality distribution and time (:func:`summarise`). The command line
+is :mod:`spanlib.maps.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import multiprocessing
-import os
-import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spanlib.maps.heuristic import (
+from spanlib.core.checkpoint import write_json
+from spanlib.maps.heuristic import MAP_KINDS, heuristic_maps
+from spanlib.maps.quality import resize_nearest
+from spanlib.maps.store import (
     MANIFEST,
-    MAP_KINDS,
     MAPS_DIR,
     TEMPLATE,
     MapFileError,
     content_hash,
-    dice_report,
-    heuristic_maps,
     load_knowledge_maps,
-    map_key,
     params_hash,
     read_manifest,
     read_maps,
-    resize_nearest,
     save_maps,
-    write_json,
 )
+from spanlib.maps.workers import Job, grey, run_tasks
 
 FORMAT = "spanlib-maps/1"
 METHODS = ("torch", "sitk")
 
+# the JSON files of a map directory: indented by one, anything else written as a string
+_JSON = {"indent": 1, "default": str}
 
-# --------------------------------------------------------------------------- arguments
+
+# --------------------------------------------------------------------------- shards
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -92,85 +84,7 @@ def shard_ids(ids: Sequence[str], shard: tuple[int, int]) -> list[str]:
     return sorted(ids)[index::count]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``build`` and ``dice`` actions to ``parser``."""
-    actions = parser.add_subparsers(dest="action", required=True, metavar="{build,dice}")
-    build = actions.add_parser(
-        "build", help="build knowledge maps for a dataset",
-        description="Build knowledge maps for a dataset: triangular (the spatial heuristic), global (a small "
-                    "segmentation network's probabilities averaged over the dataset) or deformable (an annotated "
-                    "exemplar registered onto every image). Writes OUT/manifest.json, OUT/template.npz or "
-                    "OUT/maps/*.npz with OUT/index*.json, and a report; a rerun skips what is built.")
-    build.add_argument("--kind", choices=MAP_KINDS, required=True, help="which knowledge map")
-    build.add_argument("--data", required=True, help="dataset folder (spanlib folder format)")
-    build.add_argument("--out", required=True, help="output directory of the maps")
-    build.add_argument("--size", type=int, default=64, help="side of the stored maps (default 64)")
-    build.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                       help="worker processes, one thread each (default: CPU count)")
-    build.add_argument("--shard", default=None, help="i/n: build only every n-th sorted id from i (deformable)")
-    build.add_argument("--exemplar", default="auto",
-                       help="sample id of the annotated exemplar, or auto (default): the most typical of the first "
-                            "8 training samples with every mask")
-    build.add_argument("--split", default=None, help="only samples of this split (default: all)")
-    build.add_argument("--method", choices=METHODS, default="torch",
-                       help="deformable registration: batched torch b-spline (default) or SimpleITK per pair")
-    build.add_argument("--fallback", default=None,
-                       help="a built triangular/global directory used when registration fails "
-                            "(default: the spatial heuristic)")
-    build.add_argument("--batch-size", type=int, default=32, help="images registered together (torch)")
-    build.add_argument("--seg-train", type=int, default=32, help="labelled images for the segmentation net (global)")
-    build.add_argument("--seg-steps", type=int, default=150, help="training steps of the segmentation net (global)")
-    build.add_argument("--seg-arch", default="unet", choices=("unet", "deeplabv3_resnet50", "deeplabv3_resnet101"),
-                       help="segmentation network (global; the DeepLabs start from random weights)")
-    build.add_argument("--overwrite", action="store_true",
-                       help="replace a directory built with other settings (per-image maps stay cached)")
-    build.add_argument("--no-progress", action="store_true", help="no progress bar")
-    score = actions.add_parser("dice", help="mean Dice per organ of built maps against ground-truth masks")
-    score.add_argument("--maps", required=True, help="a built knowledge-map directory")
-    score.add_argument("--data", required=True, help="dataset folder with masks")
-    score.add_argument("--split", default=None, help="only samples of this split (default: all)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the action; print the summary as JSON. Returns the exit status."""
-    try:
-        if args.action == "dice":
-            from spanlib.data import FolderDataset
-
-            dataset = FolderDataset(args.data, split=args.split)
-            print(json.dumps(dice_report(load_knowledge_maps(args.maps), dataset, skip_missing=True), indent=1))
-            return 0
-        report = build_knowledge_maps(
-            kind=args.kind, data=args.data, out=args.out, size=args.size, workers=args.workers,
-            shard=parse_shard(args.shard), exemplar=args.exemplar, split=args.split, method=args.method,
-            fallback=args.fallback, batch_size=args.batch_size, seg_train=args.seg_train, seg_steps=args.seg_steps,
-            seg_arch=args.seg_arch, overwrite=args.overwrite, progress=not args.no_progress,
-        )
-    except (ValueError, OSError, KeyError) as error:
-        print(f"templates {args.action}: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in report.items() if k != "records"}, indent=1))
-    return 0
-
-
 # --------------------------------------------------------------------------- build
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What a worker needs: the dataset, the exemplar, and the settings."""
-
-    data: str
-    out: str
-    organs: tuple[str, ...]
-    size: int
-    method: str
-    exemplar_image: np.ndarray
-    exemplar_masks: np.ndarray
-    exemplar_hash: str
-    fallback_maps: np.ndarray
-    params_digest: str
-    config: Any
 
 
 def build_knowledge_maps(
@@ -191,6 +105,11 @@ def build_knowledge_maps(
     overwrite: bool = False,
     progress: bool = False,
     registration_config: Any = None,
+    reader: str = "folder",
+    reader_options: dict[str, Any] | None = None,
+    exemplar_from: str | Path | None = None,
+    exemplar_reader: str = "folder",
+    segmenter_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build (or resume) a knowledge-map directory; the library form of ``templates build``.
 
@@ -216,6 +135,16 @@ def build_knowledge_maps(
         progress: show a tqdm bar.
         registration_config: a :class:`~spanlib.maps.registration.RegistrationConfig`
             or :class:`~spanlib.maps.registration.SitkConfig` overriding the defaults.
+        reader: how to read ``data`` (a name of :data:`spanlib.data.READERS`:
+            ``folder``, ``images``, ``chexpert``...).
+        reader_options: that reader's options.
+        exemplar_from: an annotated dataset to take the exemplar from
+            (deformable), for a set without masks: the paper registers one
+            JSRT film onto CheXpert. ``exemplar`` then names an id of that set.
+        exemplar_reader: how to read ``exemplar_from`` (and ``segmenter_from``).
+        segmenter_from: an annotated dataset to train the segmentation network
+            on (global), whose predictions are then averaged over ``data``:
+            the paper trains on 200 JSRT films.
 
     Returns:
         The summary report (also written to ``report*.json``), with the
@@ -225,7 +154,7 @@ def build_knowledge_maps(
         ValueError: bad arguments, a dataset without masks, an unknown exemplar,
             or a directory built with other settings (without ``overwrite``).
     """
-    from spanlib.data import FolderDataset
+    from spanlib.data import open_dataset
 
     if kind not in MAP_KINDS:
         raise ValueError(f"kind must be one of {MAP_KINDS}, got {kind!r}")
@@ -235,12 +164,21 @@ def build_knowledge_maps(
         raise ValueError("--shard applies to --kind deformable only (the other kinds build one map set)")
     start = time.perf_counter()
     out = Path(out)
-    dataset = FolderDataset(data, split=split)
-    organs = tuple(dataset.mask_names)
+    reader_options = {**(reader_options or {}), **({"split": split} if split is not None else {})}
+    dataset = open_dataset(reader, data, **reader_options)
+    source = exemplar_from if kind == "deformable" else segmenter_from if kind == "global" else None
+    annotated = open_dataset(exemplar_reader, source) if source is not None else dataset
+    organs = tuple(annotated.mask_names)
     if not organs:
-        raise ValueError(f"{Path(data) / 'meta.json'}: the dataset has no masks (mask_names is empty)")
-    data_info = {"name": Path(data).name, "samples": len(dataset), "split": split,
+        where = Path(source) if source is not None else Path(data)
+        hint = "" if source is not None or kind == "triangular" else (
+            "; for a set without masks take them from another set: --exemplar-from DIR (deformable) "
+            "or --segmenter-from DIR (global)")
+        raise ValueError(f"{where}: the dataset has no masks{hint}")
+    data_info = {"name": Path(data).name, "samples": len(dataset), "split": split, "reader": reader,
                  "generator": dataset.meta.get("generator"), "seed": dataset.meta.get("seed")}
+    if source is not None:
+        data_info["annotated_from"] = {"path": str(source), "reader": exemplar_reader, "samples": len(annotated)}
     if kind == "triangular":
         params = {"heuristic": "triangles" if "heart" in organs or "left_lung" in organs else "rings"}
         manifest = _manifest(kind, organs, size, params, data_info)
@@ -250,18 +188,21 @@ def build_knowledge_maps(
 
         seg_config = SegConfig(arch=seg_arch, steps=seg_steps, n_train=seg_train)
         params = {"segmentation": seg_config.to_dict(), "ids_hash": params_hash({"ids": sorted(dataset.ids)})}
+        if source is not None:
+            params["trained_on_hash"] = params_hash({"ids": sorted(annotated.ids), "root": str(annotated.root)})
         manifest = _manifest(kind, organs, size, params, data_info)
         report = _build_template(out, manifest, overwrite,
-                                 lambda: _global_average(dataset, organs, size, seg_config, out, progress))
+                                 lambda: _global_average(dataset, organs, size, seg_config, out, progress, annotated))
     else:
         report = _build_deformable(dataset, organs, out, size, workers, shard, exemplar, method, fallback,
-                                   batch_size, overwrite, progress, registration_config, data_info)
+                                   batch_size, overwrite, progress, registration_config, data_info, annotated,
+                                   reader, reader_options)
     report["time_s"] = round(time.perf_counter() - start, 3)
     if kind == "deformable":
         built = report["built"]
         report["maps_per_s"] = round(built / report["time_s"], 3) if built and report["time_s"] > 0 else None
     suffix = "" if shard == (0, 1) else f"-{shard[0]}-of-{shard[1]}"
-    write_json(out / f"report{suffix}.json", report)
+    write_json(out / f"report{suffix}.json", report, **_JSON)
     return report
 
 
@@ -309,13 +250,13 @@ def _build_template(out: Path, manifest: dict[str, Any], overwrite: bool, make: 
     maps, soft, info = make()
     extra = {} if soft is None else {"soft": soft.astype(np.float32)}
     save_maps(out / TEMPLATE, maps.astype(np.float32), info, **extra)
-    write_json(out / MANIFEST, {**manifest, "created": _now(), **({"info": info} if info else {})})
+    write_json(out / MANIFEST, {**manifest, "created": _now(), **({"info": info} if info else {})}, **_JSON)
     return {"kind": manifest["kind"], "count": 1, "built": 1, "cached": 0, "failures": [], **info}
 
 
-def _global_average(dataset: Any, organs: tuple[str, ...], size: int, config: Any, out: Path, progress: bool
-                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Train (or reload) the segmenter, average its probabilities over the dataset."""
+def _global_average(dataset: Any, organs: tuple[str, ...], size: int, config: Any, out: Path, progress: bool,
+                    annotated: Any = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Train (or reload) the segmenter on ``annotated`` (default: the dataset), average its probabilities over the dataset."""
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
@@ -325,7 +266,9 @@ def _global_average(dataset: Any, organs: tuple[str, ...], size: int, config: An
 
     with single_thread():  # small convolutions: a second intra-op thread only adds waiting (see single_thread)
         checkpoint = out / "segmenter.pt"
-        digest = params_hash({"config": config.to_dict(), "organs": organs})
+        annotated = dataset if annotated is None else annotated
+        digest = params_hash({"config": config.to_dict(), "organs": organs,
+                              **({} if annotated is dataset else {"trained_on": str(annotated.root)})})
         model = None
         if checkpoint.is_file():
             try:
@@ -334,14 +277,14 @@ def _global_average(dataset: Any, organs: tuple[str, ...], size: int, config: An
             except ValueError:
                 model = None
         if model is None:
-            images, masks, used = _labelled(dataset, organs, config.n_train)
+            images, masks, used = _labelled(annotated, organs, config.n_train)
             model, info = train_segmenter(images, masks, config)
             info = {**info, "digest": digest, "train_ids": used}
             save_segmenter(checkpoint, model, config, organs, info)
         total = np.zeros((len(organs), config.size, config.size), dtype=np.float64)
         batch = 64
         for start in tqdm(range(0, len(dataset), batch), disable=not progress, desc="global average", unit="batch"):
-            images = [np.asarray(s.image) for s in dataset[start : start + batch]]
+            images = [np.asarray(s.image) for s in dataset[start : start + batch]]  # unreadable: raises, naming the file
             total += predict_probabilities(model, images, config).sum(axis=0)
         soft = torch.from_numpy((total / max(len(dataset), 1)).astype(np.float32))[None]
         soft = F.interpolate(soft, size=(size, size), mode="bilinear", align_corners=False)[0].clamp(0, 1).numpy()
@@ -371,17 +314,12 @@ def _labelled(dataset: Any, organs: tuple[str, ...], count: int, train_only: boo
             continue
         stack = np.stack([sample.masks[o] for o in organs])
         if stack.reshape(len(organs), -1).any(axis=1).all():
-            images.append(_grey(sample.image))
+            images.append(grey(sample.image))
             masks.append(stack)
             used.append(sample.id)
     if not used:
         raise ValueError(f"{dataset.root}: no sample has every mask ({', '.join(organs)}) non-empty")
     return images, masks, used
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
-    return image.mean(axis=-1) if image.ndim == 3 else image
 
 
 def _now() -> str:
@@ -422,7 +360,7 @@ def choose_exemplar(
         if missing:
             raise ValueError(f"{dataset.root}: exemplar {exemplar!r} has empty masks: {', '.join(missing)}")
         stack = np.stack([np.asarray(sample.masks[o], dtype=bool) for o in organs])
-        return exemplar, _grey(sample.image), stack, {"selection": "given"}
+        return exemplar, grey(sample.image), stack, {"selection": "given"}
     images, masks, ids = _labelled(dataset, organs, candidates, train_only=True)
     if len(ids) == 1:
         return ids[0], images[0], masks[0], {"selection": "auto", "scores": {ids[0]: None}}
@@ -431,7 +369,7 @@ def choose_exemplar(
     probe_images = []
     for probe in dict.fromkeys(picked):
         try:
-            probe_images.append(_grey(dataset[dataset.ids.index(probe)].image))
+            probe_images.append(grey(dataset[dataset.ids.index(probe)].image))
         except (ValueError, OSError):  # unreadable: recorded when its own map is built
             continue
     probe_images = probe_images or images
@@ -459,11 +397,13 @@ def _fallback_maps(fallback: str | Path | None, organs: tuple[str, ...], size: i
 
 def _build_deformable(dataset: Any, organs: tuple[str, ...], out: Path, size: int, workers: int,
                       shard: tuple[int, int], exemplar: str | None, method: str, fallback: str | Path | None,
-                      batch_size: int, overwrite: bool, progress: bool, config: Any, data_info: dict[str, Any]
+                      batch_size: int, overwrite: bool, progress: bool, config: Any, data_info: dict[str, Any],
+                      annotated: Any = None, reader: str = "folder", reader_options: dict[str, Any] | None = None
                       ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from spanlib.maps.registration import RegistrationConfig, SitkConfig
+    from spanlib.maps.registration import RegistrationConfig
+    from spanlib.maps.registration_sitk import SitkConfig
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
@@ -471,8 +411,9 @@ def _build_deformable(dataset: Any, organs: tuple[str, ...], out: Path, size: in
         config = RegistrationConfig(batch_size=batch_size) if method == "torch" else SitkConfig()
     elif method == "torch":
         config = replace(config, batch_size=batch_size)
-    previous = _previous_auto_exemplar(out, dataset.ids) if exemplar in (None, "auto") else None
-    exemplar_id, exemplar_image, exemplar_masks, selection = choose_exemplar(dataset, organs, previous or exemplar,
+    annotated = dataset if annotated is None else annotated
+    previous = _previous_auto_exemplar(out, annotated.ids) if exemplar in (None, "auto") else None
+    exemplar_id, exemplar_image, exemplar_masks, selection = choose_exemplar(annotated, organs, previous or exemplar,
                                                                              config)
     if previous:
         selection = {"selection": "auto", "kept_from": MANIFEST}
@@ -483,35 +424,19 @@ def _build_deformable(dataset: Any, organs: tuple[str, ...], out: Path, size: in
     manifest = _manifest("deformable", organs, size, params, data_info)
     if not _check_manifest(out, manifest, overwrite):
         (out / MAPS_DIR).mkdir(parents=True, exist_ok=True)
-        write_json(out / MANIFEST, {**manifest, "exemplar_selection": selection, "created": _now()})
-    job = _Job(str(dataset.root), str(out), organs, size, method, exemplar_image, exemplar_masks, exemplar_hash,
-               fallback_maps, manifest["params_hash"], config)
+        write_json(out / MANIFEST, {**manifest, "exemplar_selection": selection, "created": _now()}, **_JSON)
+    job = Job(str(dataset.root), str(out), organs, size, method, exemplar_image, exemplar_masks, exemplar_hash,
+              fallback_maps, manifest["params_hash"], config, reader, dict(reader_options or {}))
     position = {sample_id: i for i, sample_id in enumerate(dataset.ids)}
     wanted = shard_ids(dataset.ids, shard)
     workers = max(1, int(workers))
     chunk = max(1, min(batch_size, math.ceil(len(wanted) / workers))) if method == "torch" else max(
         1, min(8, math.ceil(len(wanted) / workers)))
     tasks = [[(position[i], i) for i in wanted[s : s + chunk]] for s in range(0, len(wanted), chunk)]
-    records: list[dict[str, Any]] = []
     with tqdm(total=len(wanted), disable=not progress, desc="deformable maps", unit="map") as bar:
-        if workers == 1 or len(tasks) <= 1:
-            _init_worker(job, limit_threads=False)
-            try:
-                for task in tasks:
-                    records += _run_task(task)
-                    bar.update(len(task))
-            finally:
-                _WORKER.clear()
-        else:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["spanlib.maps.registration", "spanlib.data"])
-            with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_init_worker,
-                                     initargs=(job,)) as pool:
-                for done in pool.map(_run_task, tasks):
-                    records += done
-                    bar.update(len(done))
+        records = run_tasks(job, tasks, workers, bar)
     suffix = "" if shard == (0, 1) else f"-{shard[0]}-of-{shard[1]}"
-    write_json(out / f"index{suffix}.json", {r["id"]: r["key"] for r in records if r.get("key")})
+    write_json(out / f"index{suffix}.json", {r["id"]: r["key"] for r in records if r.get("key")}, **_JSON)
     return summarise(records, workers, shard, exemplar_id, fallback_kind)
 
 
@@ -526,72 +451,6 @@ def _previous_auto_exemplar(out: Path, ids: Sequence[str]) -> str | None:
             and chosen in ids:
         return chosen
     return None
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(job: _Job, limit_threads: bool = True) -> None:
-    """Per-process state; a pool worker runs single-threaded (one worker per core)."""
-    from spanlib.data import FolderDataset
-
-    if limit_threads:
-        import SimpleITK as sitk
-        import torch
-
-        torch.set_num_threads(1)
-        sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
-    _WORKER.clear()
-    _WORKER.update(job=job, dataset=FolderDataset(job.data))
-
-
-def _run_task(task: list[tuple[int, str]]) -> list[dict[str, Any]]:
-    """Build the maps of one batch of samples; cached ones are only checked."""
-    from spanlib.maps.registration import register_batch, register_pair_sitk
-
-    job: _Job = _WORKER["job"]
-    dataset = _WORKER["dataset"]
-    maps_dir = Path(job.out) / MAPS_DIR
-    records: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], np.ndarray]] = []
-    for index, sample_id in task:
-        try:
-            sample = dataset[index]
-            if sample.id != sample_id:
-                raise ValueError(f"dataset order changed: expected {sample_id!r} at {index}, found {sample.id!r}")
-            image = _grey(sample.image)
-        except Exception as error:  # noqa: BLE001 - an unreadable sample is recorded, the batch goes on
-            records.append({"id": sample_id, "key": None, "status": "error", "method": None,
-                            "reason": f"{type(error).__name__}: {error}", "quality": {}})
-            continue
-        key = map_key(content_hash(image), job.exemplar_hash, job.params_digest)
-        path = maps_dir / f"{key}.npz"
-        if path.is_file():
-            try:
-                _, info = read_maps(path, len(job.organs), job.size)
-                records.append({"id": sample_id, "key": key, "status": "cached", "method": info.get("method"),
-                                "reason": info.get("reason", ""), "quality": info.get("quality", {})})
-                continue
-            except MapFileError as error:
-                rebuilt = f"rebuilt corrupt entry ({error.problem})"
-        else:
-            rebuilt = ""
-        pending.append(({"id": sample_id, "key": key, "status": "built", "rebuilt": rebuilt}, image))
-    if pending:
-        images = [image for _, image in pending]
-        if job.method == "torch":
-            results = register_batch(images, job.exemplar_image, job.exemplar_masks, job.fallback_maps, job.config)
-        else:
-            results = [register_pair_sitk(im, job.exemplar_image, job.exemplar_masks, job.fallback_maps, job.config)
-                       for im in images]
-        for (record, _), result in zip(pending, results):
-            record.update(method=result.method, reason=result.reason, quality=result.quality)
-            info = {"id": record["id"], "method": result.method, "reason": result.reason, "quality": result.quality}
-            save_maps(maps_dir / f"{record['key']}.npz", result.maps.astype(bool), info)
-            if not record["rebuilt"]:
-                record.pop("rebuilt")
-            records.append(record)
-    return records
 
 
 def summarise(records: list[dict[str, Any]], workers: int, shard: tuple[int, int], exemplar_id: str,
@@ -620,4 +479,3 @@ def summarise(records: list[dict[str, Any]], workers: int, shard: tuple[int, int
         "methods": methods, "fallback_template": fallback_kind, "failures": failures, "quality": quality,
         "workers": workers, "shard": f"{shard[0]}/{shard[1]}", "exemplar": exemplar_id, "records": records,
     }
-

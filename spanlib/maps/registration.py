@@ -1,25 +1,18 @@
-"""Deformable registration of one annotated exemplar onto many images.
+"""Deformable registration of one annotated exemplar onto many images, in torch.
 
-Two implementations of the same b-spline registration, with the same output
-(:class:`RegistrationResult`) and the same fallback chain:
-
-* :func:`register_batch` (the default, fast): many images at once in torch.
-  Each image gets an affine transform and a cubic b-spline free-form
-  deformation ``T(x) = A x + b + sum_k B(x - c_k) d_k`` over a coarse control
-  grid, fitted by Adam on local normalised cross-correlation (LNCC) with a
-  bending-energy penalty and a penalty on small Jacobian determinants, coarse
-  to fine (pyramid levels and control grids). The b-spline displacement is a
-  separable product of two small basis matrices, so the field, its
-  derivatives and its bending energy at any resolution are a few small
-  matrix products. Registration runs at the resolution the attention needs
-  (32 then 64 px by default), and the exemplar's masks are then warped with
-  NEAREST-NEIGHBOUR interpolation at the output size, from the continuous
-  transform. Torch runs single-threaded inside (see :func:`single_thread`);
-  parallelism comes from one worker process per core.
-* :func:`register_pair_sitk` (the reference): SimpleITK's multi-resolution
-  b-spline registration of one pair (moments-initialised affine stage, then a
-  b-spline stage whose control mesh is refined per pyramid level), masks
-  resampled with ``sitkNearestNeighbor``.
+:func:`register_batch` (the default, fast) registers many images at once.
+Each image gets an affine transform and a cubic b-spline free-form
+deformation ``T(x) = A x + b + sum_k B(x - c_k) d_k`` over a coarse control
+grid (:mod:`spanlib.maps.bspline`), fitted by Adam on local normalised
+cross-correlation (LNCC) with a bending-energy penalty and a penalty on small
+Jacobian determinants, coarse to fine (pyramid levels and control grids).
+Registration runs at the resolution the attention needs (32 then 64 px by
+default), and the exemplar's masks are then warped with NEAREST-NEIGHBOUR
+interpolation at the output size, from the continuous transform. Torch runs
+single-threaded inside (see :func:`single_thread`); parallelism comes from
+one worker process per core. :mod:`spanlib.maps.registration_sitk` holds the
+SimpleITK reference implementation, with the same output
+(:class:`RegistrationResult`) and the same fallback chain (:func:`decide`).
 
 Fallback chain, per image: deformable -> affine only -> the fallback template
 (the global average, or the spatial heuristic). A fallback is taken when the
@@ -37,22 +30,36 @@ to the exemplar.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spanlib.core.configs import FrozenConfig
 from spanlib.core.device import torch_threads
+from spanlib.maps.bspline import (
+    BSplineField,
+    LocalNCC,
+    centroid,
+    folding_fraction,
+    global_ncc,
+    identity_theta,
+    resize_batch,
+    sampling_grid,
+    standardise,
+    warp,
+    warp_masks,
+)
+
 
 METHODS: tuple[str, ...] = ("deformable", "affine", "fallback")
 
 
 @dataclass(frozen=True)
-class RegistrationConfig:
+class RegistrationConfig(FrozenConfig):
     """Settings of the batched torch registration.
 
     Attributes:
@@ -89,18 +96,6 @@ class RegistrationConfig:
     max_ncc_drop: float = 0.02
     batch_size: int = 32
 
-    def to_dict(self) -> dict:
-        """A JSON-ready copy (tuples become lists)."""
-        return json_ready(asdict(self))
-
-
-def json_ready(value: object) -> object:
-    """Tuples to lists, recursively, so that ``json.dumps`` round-trips."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
 
 
 @dataclass
@@ -124,9 +119,6 @@ class RegistrationResult:
     reason: str = ""
 
 
-# --------------------------------------------------------------------------- helpers
-
-
 def image_problem(image: np.ndarray) -> str:
     """Why an image cannot be registered, or an empty string."""
     if image.ndim != 2:
@@ -136,254 +128,6 @@ def image_problem(image: np.ndarray) -> str:
     if float(np.ptp(image)) < 1e-6:
         return "image is constant"
     return ""
-
-
-def _cubic_bspline(t: torch.Tensor, derivative: int = 0) -> torch.Tensor:
-    """The centred cubic b-spline kernel (support [-2, 2]) or its first or second derivative."""
-    a = t.abs()
-    inner, outer = a < 1.0, (a >= 1.0) & (a < 2.0)
-    if derivative == 0:
-        values = torch.where(inner, (4.0 - 6.0 * a**2 + 3.0 * a**3) / 6.0, (2.0 - a) ** 3 / 6.0)
-    elif derivative == 1:
-        values = torch.where(inner, -2.0 * t + 1.5 * t * a, -torch.sign(t) * (2.0 - a) ** 2 / 2.0)
-    else:
-        values = torch.where(inner, -2.0 + 3.0 * a, 2.0 - a)
-    return torch.where(inner | outer, values, torch.zeros_like(values))
-
-
-@functools.lru_cache(maxsize=64)
-def bspline_basis(n_pixels: int, n_cells: int, derivative: int = 0) -> torch.Tensor:
-    """Cubic b-spline weights of ``n_cells + 3`` control points at pixel centres.
-
-    Args:
-        n_pixels: pixels along the axis.
-        n_cells: control-grid cells spanning the axis.
-        derivative: 0 for the weights; 1 or 2 for their derivatives with
-            respect to the normalised coordinate (``[-1, 1]`` across the axis).
-
-    Returns:
-        float32 ``[n_pixels, n_cells + 3]``; for ``derivative=0`` rows sum to
-        one. Cached: do not modify in place.
-    """
-    position = (torch.arange(n_pixels, dtype=torch.float64) + 0.5) / n_pixels * n_cells
-    knots = torch.arange(n_cells + 3, dtype=torch.float64) - 1.0
-    scale = (n_cells / 2.0) ** derivative  # d(cell units) / d(normalised units) = n_cells / 2
-    return (_cubic_bspline(position[:, None] - knots[None, :], derivative) * scale).float()
-
-
-@functools.lru_cache(maxsize=64)
-def _bending_grams(n_pixels: int, n_cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gram matrices ``B_d^T B_d / n`` of the basis and its derivatives (d = 0, 1, 2)."""
-    grams = []
-    for derivative in (0, 1, 2):
-        basis = bspline_basis(n_pixels, n_cells, derivative).double()
-        grams.append((basis.T @ basis / n_pixels).float())
-    return tuple(grams)
-
-
-def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize ``[B, C, H, W]`` to ``size x size`` (area when shrinking)."""
-    if images.shape[-2:] == (size, size):
-        return images
-    if images.shape[-1] >= size and images.shape[-2] >= size:
-        return F.interpolate(images, size=(size, size), mode="area")
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def _standardise(images: torch.Tensor) -> torch.Tensor:
-    mean = images.mean(dim=(-2, -1), keepdim=True)
-    std = images.std(dim=(-2, -1), keepdim=True)
-    return (images - mean) / (std + 1e-6)
-
-
-def global_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Normalised cross-correlation per image of ``[B, 1, H, W]`` pairs."""
-    a = a - a.mean(dim=(-2, -1), keepdim=True)
-    b = b - b.mean(dim=(-2, -1), keepdim=True)
-    num = (a * b).sum(dim=(-3, -2, -1))
-    den = torch.sqrt((a * a).sum(dim=(-3, -2, -1)) * (b * b).sum(dim=(-3, -2, -1))) + 1e-8
-    return num / den
-
-
-@functools.lru_cache(maxsize=64)
-def box_matrix(n: int, window: int) -> torch.Tensor:
-    """``[n, n]`` matrix averaging a ``window`` neighbourhood, clipped at the edges (cached)."""
-    index = torch.arange(n)
-    band = ((index[:, None] - index[None, :]).abs() <= window // 2).float()
-    return band / band.sum(dim=1, keepdim=True)
-
-
-def box_mean(images: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean over a ``window x window`` box around each pixel, the box clipped at the edges.
-
-    Two small matrix products with banded averaging matrices: equal to
-    ``avg_pool2d`` with ``count_include_pad=False``, and on CPU faster than
-    it, than running sums, and than separable convolutions at these sizes
-    (measured fastest forward + backward at 64 px).
-    """
-    return box_matrix(images.shape[-2], window) @ images @ box_matrix(images.shape[-1], window).T
-
-
-class LocalNCC:
-    """LNCC against fixed targets, their window statistics computed once.
-
-    Args:
-        target: ``[B, 1, H, W]`` fixed images.
-        window: side of the square window in pixels (odd).
-    """
-
-    def __init__(self, target: torch.Tensor, window: int) -> None:
-        self.window = window
-        self.target = target
-        self.mean_t = box_mean(target, window)
-        self.var_t = (box_mean(target * target, window) - self.mean_t**2).clamp(min=0.0)
-
-    def __call__(self, warped: torch.Tensor) -> torch.Tensor:
-        """Mean squared local correlation per image, ``[B]``."""
-        stats = box_mean(torch.cat([warped, warped * warped, warped * self.target], dim=1), self.window)
-        mean_w, mean_ww, mean_wt = stats.unbind(dim=1)
-        mean_t, var_t = self.mean_t[:, 0], self.var_t[:, 0]
-        cov = mean_wt - mean_w * mean_t
-        var_w = (mean_ww - mean_w * mean_w).clamp(min=0.0)
-        return (cov * cov / (var_w * var_t + 1e-5)).mean(dim=(-2, -1))
-
-
-def _identity_theta(batch: int) -> torch.Tensor:
-    theta = torch.zeros(batch, 2, 3)
-    theta[:, 0, 0] = 1.0
-    theta[:, 1, 1] = 1.0
-    return theta
-
-
-def _centroid(images: torch.Tensor) -> torch.Tensor:
-    """Intensity centroid ``[B, 2]`` (x, y) in normalised coordinates."""
-    _, _, h, w = images.shape
-    weights = images.clamp(min=0.0)[:, 0]
-    weights = weights / (weights.sum(dim=(-2, -1), keepdim=True) + 1e-8)
-    ys = (torch.arange(h) + 0.5) / h * 2 - 1
-    xs = (torch.arange(w) + 0.5) / w * 2 - 1
-    return torch.stack([(weights.sum(1) * xs).sum(-1), (weights.sum(2) * ys).sum(-1)], dim=-1)
-
-
-@functools.lru_cache(maxsize=64)
-def refinement_matrix(n_from: int, n_to: int) -> torch.Tensor:
-    """``[n_to + 3, n_from + 3]`` map of control points from ``n_from`` to ``n_to`` cells per axis.
-
-    Least squares on a dense sampling of the axis; exact when ``n_to`` is a
-    multiple of ``n_from`` (the finer spline space contains the coarser one).
-    """
-    samples = 16 * max(n_from, n_to)
-    fine = bspline_basis(samples, n_to).double()
-    coarse = bspline_basis(samples, n_from).double()
-    return torch.linalg.lstsq(fine, coarse).solution.float()
-
-
-class BSplineField:
-    """A cubic b-spline displacement field over a uniform control grid, for a batch.
-
-    The control grid ``[B, 2, n+3, n+3]`` holds control-point displacements
-    (x, y components, normalised units); the field at pixel centres is
-    ``B_y C B_x^T`` per component and its derivatives use the derivative
-    bases, so displacement, Jacobian and bending energy are exact and cost
-    only small matrix products. :meth:`refine` moves to a finer grid without
-    changing the field.
-
-    Args:
-        batch: images in the batch.
-        n_cells: control-grid cells per side.
-    """
-
-    def __init__(self, batch: int, n_cells: int) -> None:
-        self.control = torch.zeros(batch, 2, n_cells + 3, n_cells + 3)
-
-    @property
-    def n_cells(self) -> int:
-        """Cells per side of the control grid."""
-        return self.control.shape[-1] - 3
-
-    def refine(self, n_cells: int) -> None:
-        """Re-express the field on a grid of ``n_cells`` cells (exact for multiples)."""
-        if n_cells != self.n_cells:
-            matrix = refinement_matrix(self.n_cells, n_cells)
-            self.control = (matrix @ self.control.detach() @ matrix.T).contiguous()
-
-    def _evaluate(self, height: int, width: int, dy: int, dx: int) -> torch.Tensor:
-        n = self.n_cells
-        return bspline_basis(height, n, dy) @ (self.control @ bspline_basis(width, n, dx).T)
-
-    def displacement(self, height: int, width: int) -> torch.Tensor:
-        """Displacement ``[B, H, W, 2]`` (x, y) in normalised units."""
-        return self._evaluate(height, width, 0, 0).permute(0, 2, 3, 1)
-
-    def jacobian_determinant(self, theta: torch.Tensor, size: int) -> torch.Tensor:
-        """Determinant ``[B, size, size]`` of the Jacobian of ``A x + b + u(x)`` on a ``size x size`` grid.
-
-        For a square image this equals the determinant in pixel units (1 for
-        the identity).
-        """
-        d_dx = self._evaluate(size, size, 0, 1)  # d(u_x, u_y)/dx, [B, 2, H, W]
-        d_dy = self._evaluate(size, size, 1, 0)
-        a = theta[:, :, :2, None, None]
-        xx, xy = a[:, 0, 0] + d_dx[:, 0], a[:, 0, 1] + d_dy[:, 0]
-        yx, yy = a[:, 1, 0] + d_dx[:, 1], a[:, 1, 1] + d_dy[:, 1]
-        return xx * yy - xy * yx
-
-    def bending_energy(self, size: int) -> torch.Tensor:
-        """Mean squared second derivatives ``[B]`` of the displacement, in pixels, over a ``size`` grid.
-
-        Exact quadratic forms of the control points with Gram matrices of the
-        basis derivatives: no dense field is formed.
-        """
-        g0, g1, g2 = _bending_grams(size, self.n_cells)
-        c = self.control
-        energy = ((g0 @ c @ g2) * c) + ((g2 @ c @ g0) * c) + 2.0 * ((g1 @ c @ g1) * c)
-        # normalised -> pixel displacement (x size/2); d/dnormalised -> d/dpixel (x 2/size, twice)
-        return energy.sum(dim=(1, 2, 3)) * (2.0 / size) ** 2
-
-
-def sampling_grid(theta: torch.Tensor, bspline: BSplineField | None, height: int, width: int) -> torch.Tensor:
-    """The transform sampled at the pixel centres of an ``height x width`` target."""
-    grid = F.affine_grid(theta, [theta.shape[0], 1, height, width], align_corners=False)
-    if bspline is not None:
-        grid = grid + bspline.displacement(height, width)
-    return grid
-
-
-def jacobian_determinant(grid: torch.Tensor) -> torch.Tensor:
-    """Jacobian determinant ``[B, H-1, W-1]`` of a sampling grid, in pixel units (identity: 1)."""
-    _, h, w, _ = grid.shape
-    dx = grid[:, :-1, 1:] - grid[:, :-1, :-1]
-    dy = grid[:, 1:, :-1] - grid[:, :-1, :-1]
-    return (dx[..., 0] * dy[..., 1] - dx[..., 1] * dy[..., 0]) * (h * w / 4.0)
-
-
-def folding_fraction(grid: torch.Tensor) -> torch.Tensor:
-    """Fraction of pixels per image where the Jacobian determinant is <= 0."""
-    return (jacobian_determinant(grid) <= 0).float().mean(dim=(1, 2))
-
-
-def warp(images: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Sample ``images [B or 1, C, h, w]`` at ``grid [B, H, W, 2]``."""
-    if images.shape[0] == 1 and grid.shape[0] > 1:
-        images = images.expand(grid.shape[0], -1, -1, -1)
-    padding = "border" if mode == "bilinear" else "zeros"
-    return F.grid_sample(images, grid, mode=mode, padding_mode=padding, align_corners=False)
-
-
-def warp_masks(masks: np.ndarray | torch.Tensor, grid: torch.Tensor) -> np.ndarray:
-    """Warp binary masks with NEAREST-NEIGHBOUR interpolation.
-
-    Args:
-        masks: ``[n_organs, h, w]`` bool (the exemplar's, any resolution).
-        grid: ``[B, H, W, 2]`` sampling grid at the output size.
-
-    Returns:
-        bool ``[B, n_organs, H, W]``: every value is a value of the input mask,
-        so the maps stay binary (bilinear warping would blur the edges into
-        fractions).
-    """
-    source = torch.as_tensor(np.asarray(masks), dtype=torch.float32)[None]
-    return (warp(source, grid, mode="nearest") > 0.5).numpy()
 
 
 # --------------------------------------------------------------------------- torch batch
@@ -430,14 +174,14 @@ def _prepare(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
 
 def _fit_affine(fixed: torch.Tensor, moving: torch.Tensor, config: RegistrationConfig) -> torch.Tensor:
     batch = fixed.shape[0]
-    theta0 = _identity_theta(batch)
+    theta0 = identity_theta(batch)
     coarse = config.affine_levels[0][0] if config.affine_levels else fixed.shape[-1]
-    theta0[:, :, 2] = _centroid(resize_batch(moving, coarse)) - _centroid(resize_batch(fixed, coarse))  # [1] - [B]
+    theta0[:, :, 2] = centroid(resize_batch(moving, coarse)) - centroid(resize_batch(fixed, coarse))  # [1] - [B]
     delta = torch.zeros(batch, 2, 3, requires_grad=True)
     optimizer = Adam(delta, lr=config.affine_lr)
     for size, iterations in config.affine_levels:
-        target = _standardise(resize_batch(fixed, size))
-        source = _standardise(resize_batch(moving, size)).expand(batch, -1, -1, -1)
+        target = standardise(resize_batch(fixed, size))
+        source = standardise(resize_batch(moving, size)).expand(batch, -1, -1, -1)
         for _ in range(iterations):
             warped = warp(source, F.affine_grid(theta0 + delta, [batch, 1, size, size], align_corners=False))
             loss = -global_ncc(warped, target).sum()
@@ -457,8 +201,8 @@ def _fit_bspline(
         field_.refine(n_cells)
         field_.control.requires_grad_(True)
         optimizer = Adam(field_.control, lr=config.bspline_lr)
-        target = _standardise(resize_batch(fixed, size))
-        source = _standardise(resize_batch(moving, size)).expand(fixed.shape[0], -1, -1, -1)
+        target = standardise(resize_batch(fixed, size))
+        source = standardise(resize_batch(moving, size)).expand(fixed.shape[0], -1, -1, -1)
         base = F.affine_grid(theta, [theta.shape[0], 1, size, size], align_corners=False)
         window = max(3, int(round(config.ncc_window * size / finest)) | 1)
         similarity_to = LocalNCC(target, window)
@@ -529,7 +273,7 @@ def register_batch(
     for i, image in enumerate(images):
         why = image_problem(np.asarray(image, dtype=np.float32))
         if why:
-            results[i] = RegistrationResult(fallback_maps.copy(), "fallback", _nan_quality(), why)
+            results[i] = RegistrationResult(fallback_maps.copy(), "fallback", nan_quality(), why)
         else:
             usable.append(i)
     for start in range(0, len(usable), config.batch_size):
@@ -539,7 +283,7 @@ def register_batch(
                 done = _register_chunk([images[i] for i in chunk], exemplar_image, masks, fallback_maps, config)
         except Exception as error:  # noqa: BLE001 - one failed chunk must not stop the batch
             if len(chunk) == 1:
-                done = [RegistrationResult(fallback_maps.copy(), "fallback", _nan_quality(), f"exception: {error!r}")]
+                done = [RegistrationResult(fallback_maps.copy(), "fallback", nan_quality(), f"exception: {error!r}")]
             else:  # retry image by image so that only the culprit falls back
                 done = [
                     register_batch([images[i]], exemplar_image, masks, fallback_maps, config)[0] for i in chunk
@@ -588,7 +332,8 @@ def select_exemplar(
     return int(np.argmax(scores)), scores
 
 
-def _nan_quality() -> dict[str, float]:
+def nan_quality() -> dict[str, float]:
+    """The quality measures of a registration that did not run: all NaN."""
     return {"ncc_identity": math.nan, "ncc_affine": math.nan, "ncc_deformable": math.nan, "folding": math.nan}
 
 
@@ -607,7 +352,7 @@ def _register_chunk(
     theta = _fit_affine(fixed, moving, config)
     field_ = _fit_bspline(fixed, moving, theta, config)
     with torch.no_grad():
-        ncc_identity = global_ncc(warp(moving, sampling_grid(_identity_theta(batch), None, work, work)), fixed)
+        ncc_identity = global_ncc(warp(moving, sampling_grid(identity_theta(batch), None, work, work)), fixed)
         ncc_affine = global_ncc(warp(moving, sampling_grid(theta, None, work, work)), fixed)
         deformable_grid = sampling_grid(theta, field_, work, work)
         ncc_deformable = global_ncc(warp(moving, deformable_grid), fixed)
@@ -702,204 +447,3 @@ def choose(
                             affine_maps is not None)
     maps = {"deformable": deformable_maps, "affine": affine_maps, "fallback": fallback_maps}[method]
     return RegistrationResult(np.array(maps, dtype=bool), method, quality, reason)
-
-
-# --------------------------------------------------------------------------- SimpleITK reference
-
-
-@dataclass(frozen=True)
-class SitkConfig:
-    """Settings of the SimpleITK reference registration (one pair at a time).
-
-    Attributes:
-        size: resolution both images are resampled to before registering
-            (``None``: the fixed image's own size).
-        optimizer: ``line_search`` (gradient descent with line search, the
-            control mesh doubled at each level) or ``lbfgsb`` (L-BFGS-B on
-            one mesh of ``mesh_size`` cells).
-        mesh_size: b-spline control mesh cells per side at the coarsest level.
-        shrink_factors: pyramid shrink factors, coarse to fine.
-        smoothing_sigmas: pyramid smoothing, in pixels, coarse to fine.
-        affine_iterations: iterations of the affine stage per level.
-        bspline_iterations: optimiser iterations of the b-spline stage per level.
-        sampling_fraction: fraction of pixels sampled by the metric.
-        max_folding: see :class:`RegistrationConfig`.
-        min_ncc: see :class:`RegistrationConfig`.
-        max_ncc_drop: see :class:`RegistrationConfig`.
-        seed: metric sampling seed.
-    """
-
-    size: int | None = None
-    optimizer: str = "line_search"
-    mesh_size: int = 4
-    shrink_factors: tuple[int, ...] = (4, 2, 1)
-    smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
-    affine_iterations: int = 100
-    bspline_iterations: int = 50
-    sampling_fraction: float = 0.2
-    max_folding: float = 0.01
-    min_ncc: float = 0.3
-    max_ncc_drop: float = 0.02
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("lbfgsb", "line_search"):
-            raise ValueError(f"SitkConfig.optimizer must be 'lbfgsb' or 'line_search', got {self.optimizer!r}")
-        if len(self.shrink_factors) != len(self.smoothing_sigmas):
-            raise ValueError("SitkConfig: one smoothing sigma per shrink factor")
-
-    def to_dict(self) -> dict:
-        """A JSON-ready copy (tuples become lists)."""
-        return json_ready(asdict(self))
-
-
-_EXTENT = 256.0  # physical side of every image in SimpleITK: pixels of a 256 px film, whatever the array size
-
-
-def _to_sitk(array: np.ndarray, size: int | None):  # noqa: ANN202 - SimpleITK is imported lazily
-    """A SimpleITK image whose physical domain is ``[0, _EXTENT]^2``, pixel centres inside."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
-    h, w = array.shape
-    image.SetSpacing((_EXTENT / w, _EXTENT / h))
-    image.SetOrigin((0.5 * _EXTENT / w, 0.5 * _EXTENT / h))
-    if size is not None and (h, w) != (size, size):
-        image = sitk.Resample(image, _unit_grid(size), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return image
-
-
-def _unit_grid(size: int):  # noqa: ANN202
-    import SimpleITK as sitk
-
-    grid = sitk.Image(size, size, sitk.sitkFloat32)
-    grid.SetSpacing((_EXTENT / size, _EXTENT / size))
-    grid.SetOrigin((0.5 * _EXTENT / size, 0.5 * _EXTENT / size))
-    return grid
-
-
-def _sitk_method(config: SitkConfig):  # noqa: ANN202
-    import SimpleITK as sitk
-
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsCorrelation()
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(config.sampling_fraction, config.seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetShrinkFactorsPerLevel(list(config.shrink_factors))
-    method.SetSmoothingSigmasPerLevel(list(config.smoothing_sigmas))
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    return method
-
-
-def _sitk_ncc(fixed, moving, transform) -> float:  # noqa: ANN001
-    import SimpleITK as sitk
-
-    warped = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0))
-    target = sitk.GetArrayFromImage(fixed)
-    return float(global_ncc(torch.from_numpy(warped)[None, None], torch.from_numpy(target)[None, None])[0])
-
-
-def _sitk_folding(transform, reference) -> float:  # noqa: ANN001
-    import SimpleITK as sitk
-
-    field_ = sitk.TransformToDisplacementField(
-        transform, sitk.sitkVectorFloat64, reference.GetSize(), reference.GetOrigin(), reference.GetSpacing(),
-        reference.GetDirection(),
-    )
-    jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field_))
-    return float((jacobian <= 0).mean())
-
-
-def register_pair_sitk(
-    image: np.ndarray,
-    exemplar_image: np.ndarray,
-    exemplar_masks: np.ndarray,
-    fallback_maps: np.ndarray,
-    config: SitkConfig = SitkConfig(),
-) -> RegistrationResult:
-    """SimpleITK multi-resolution b-spline registration of the exemplar onto one image.
-
-    A moments-initialised affine stage (regular-step gradient descent), then a
-    b-spline stage (gradient descent with line search, the control mesh
-    doubled per pyramid level as in SimpleITK's multi-resolution b-spline
-    example; or L-BFGS-B on one mesh), both on the correlation metric with a
-    shrink/smooth pyramid. The masks are resampled
-    with nearest-neighbour interpolation onto the output grid. The same
-    fallback chain as :func:`register_batch`; never raises for a bad image.
-
-    Args:
-        image: the fixed image, 2-D float.
-        exemplar_image: the moving image, 2-D float.
-        exemplar_masks: bool ``[n_organs, h, w]``.
-        fallback_maps: bool ``[n_organs, S, S]``; ``S`` is the output size.
-        config: the registration settings.
-
-    Returns:
-        The :class:`RegistrationResult`.
-    """
-    import SimpleITK as sitk
-
-    fallback_maps = np.asarray(fallback_maps).astype(bool)
-    why = image_problem(np.asarray(image, dtype=np.float32))
-    if why:
-        return RegistrationResult(fallback_maps.copy(), "fallback", _nan_quality(), why)
-    out_grid = _unit_grid(fallback_maps.shape[-1])
-    masks = [_to_sitk(m.astype(np.float32), None) for m in np.asarray(exemplar_masks)]
-
-    def warp_all(transform) -> np.ndarray:  # noqa: ANN001
-        return np.stack(
-            [sitk.GetArrayFromImage(sitk.Resample(m, out_grid, transform, sitk.sitkNearestNeighbor, 0.0)) > 0.5
-             for m in masks]
-        )
-
-    quality = _nan_quality()
-    affine_maps = deformable_maps = None
-    try:
-        fixed = _to_sitk(image, config.size)
-        moving = _to_sitk(exemplar_image, config.size)
-        quality["ncc_identity"] = _sitk_ncc(fixed, moving, sitk.Transform(2, sitk.sitkIdentity))
-        affine = sitk.CenteredTransformInitializer(
-            fixed, moving, sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.MOMENTS
-        )
-        method = _sitk_method(config)
-        method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=2.0, minStep=1e-3, numberOfIterations=config.affine_iterations, gradientMagnitudeTolerance=1e-6
-        )
-        method.SetOptimizerScalesFromPhysicalShift()
-        method.SetInitialTransform(affine, inPlace=True)
-        method.Execute(fixed, moving)
-        quality["ncc_affine"] = _sitk_ncc(fixed, moving, affine)
-        affine_maps = warp_all(affine)
-        bspline = sitk.BSplineTransformInitializer(fixed, [config.mesh_size] * 2, order=3)
-        method = _sitk_method(config)
-        method.SetMovingInitialTransform(affine)
-        if config.optimizer == "lbfgsb":  # one control mesh at every level (L-BFGS-B cannot refine it)
-            method.SetOptimizerAsLBFGSB(
-                gradientConvergenceTolerance=1e-5, numberOfIterations=config.bspline_iterations,
-                maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * config.bspline_iterations,
-                costFunctionConvergenceFactor=1e7,
-            )
-            method.SetInitialTransform(bspline, inPlace=True)
-        else:
-            method.SetOptimizerAsGradientDescentLineSearch(
-                learningRate=5.0, numberOfIterations=config.bspline_iterations, convergenceMinimumValue=1e-4,
-                convergenceWindowSize=5,
-            )
-            method.SetOptimizerScalesFromPhysicalShift()
-            scales = [2**i for i in range(len(config.shrink_factors))]
-            method.SetInitialTransformAsBSpline(bspline, inPlace=True, scaleFactors=scales)
-        final = method.Execute(fixed, moving)
-        composite = sitk.CompositeTransform(2)  # applied last-added first: x -> affine(bspline(x))
-        composite.AddTransform(affine)
-        composite.AddTransform(final)
-        quality["ncc_deformable"] = _sitk_ncc(fixed, moving, composite)
-        quality["folding"] = _sitk_folding(composite, fixed)
-        deformable_maps = warp_all(composite)
-    except Exception as error:  # noqa: BLE001 - a failed pair falls back, never stops the batch
-        result = choose(quality, deformable_maps, affine_maps, fallback_maps, config.min_ncc, config.max_folding,
-                        config.max_ncc_drop)
-        result.reason = f"exception: {error!r}" + (f"; {result.reason}" if result.reason else "")
-        return result
-    return choose(quality, deformable_maps, affine_maps, fallback_maps, config.min_ncc, config.max_folding,
-                  config.max_ncc_drop)

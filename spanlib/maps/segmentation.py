@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spanlib.core.configs import FrozenConfig
 from spanlib.core.device import default_device
 
 ARCHS: tuple[str, ...] = ("unet", "deeplabv3_resnet50", "deeplabv3_resnet101")
 
 
 @dataclass(frozen=True)
-class SegConfig:
+class SegConfig(FrozenConfig):
     """How the segmentation network is built and trained.
 
     Attributes:
@@ -65,11 +66,6 @@ class SegConfig:
             raise ValueError(f"size {self.size} must be divisible by {2 ** (len(self.channels) - 1)} for "
                              f"{len(self.channels)} U-Net stages")
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy."""
-        out = asdict(self)
-        out["channels"] = list(self.channels)
-        return out
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:

@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="book", help=f"one of {preset_names()}")
     parser.add_argument("--regimen", default="span_deformable", choices=REGIMENS)
     parser.add_argument("--data", help="dataset folder (overrides run.data)")
+    parser.add_argument("--reader", help="how to read --data: folder (default), images, chexpert... (run.reader)")
     parser.add_argument("--maps", help="knowledge-map folder or 'triangular' (overrides span.knowledge_maps)")
     parser.add_argument("--out", help="run directory (default runs/<preset>/<regimen>/seed<seed>)")
     parser.add_argument("--seed", type=int)
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(s) for s in args.set)
     if args.data:
         overrides["run.data"] = args.data
+    if args.reader:
+        overrides["run.reader"] = args.reader
     if args.maps:
         overrides["span.knowledge_maps"] = args.maps
     if args.seed is not None:

@@ -54,7 +54,7 @@ def knowledge_map_source(spec: str | None, organs: Sequence[str]) -> MapSource |
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: knowledge-map directory not found (build it with `python -m spanlib templates build`)")
-    from spanlib.maps.heuristic import load_knowledge_maps
+    from spanlib.maps.store import load_knowledge_maps
 
     store = load_knowledge_maps(path)
     index = [store.organs.index(o) if o in store.organs else -1 for o in organs]
@@ -76,43 +76,74 @@ def sample_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+IN_MEMORY_LIMIT = 4096
+"""Sets up to this many samples are read once and kept in memory; larger ones are read lazily."""
+
+
+def _as_uint8(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))
+
+
 class ViewDataset(Dataset):
     """Views of samples; indexed by ``(epoch, index)`` pairs.
 
-    Images (and maps) are read once and kept in memory as ``uint8``.
+    A small set (up to :data:`IN_MEMORY_LIMIT` samples) is read once and kept
+    in memory as ``uint8``; a large one (CheXpert's 190,000 films) is read
+    lazily, one sample when a batch asks for it, so memory stays flat as the
+    set grows and each DDP rank reads only the samples of its shard. Both
+    ways give the same views for the same seed (images and maps pass through
+    the same ``uint8`` rounding).
 
     Args:
-        samples: any sequence of :class:`spanlib.data.Sample`.
+        samples: any sequence of :class:`spanlib.data.Sample` (a lazily reading
+            dataset such as :class:`spanlib.data.FolderDataset` for large sets).
         views: the view maker.
         maps: knowledge-map source, or ``None``.
         seed: the run's seed.
+        in_memory: keep every sample in memory (default: when the set is small).
     """
 
-    def __init__(self, samples: Sequence, views: ViewMaker, maps: MapSource | None, seed: int):
+    def __init__(
+        self, samples: Sequence, views: ViewMaker, maps: MapSource | None, seed: int, in_memory: bool | None = None
+    ):
         self.views = views
         self.seed = seed
-        self.ids: list[str] = []
+        self.samples = samples
+        self.map_source = maps
+        self.in_memory = len(samples) <= IN_MEMORY_LIMIT if in_memory is None else bool(in_memory)
+        self.ids: list[str] = list(getattr(samples, "ids", [])) if not self.in_memory else []
         self.images: list[torch.Tensor] = []
         self.maps: list[torch.Tensor] = []
-        for s in samples:
-            self.ids.append(s.id)
-            self.images.append(torch.from_numpy(np.round(np.clip(s.image, 0, 1) * 255).astype(np.uint8)))
-            m = maps(s) if maps is not None else np.zeros((0, *s.image.shape[:2]), np.float32)
-            if m.shape[-2:] != s.image.shape[:2]:
-                raise ValueError(f"sample {s.id}: knowledge maps {m.shape[-2:]} differ from image {s.image.shape[:2]}")
-            self.maps.append(torch.from_numpy(np.round(np.clip(m, 0, 1) * 255).astype(np.uint8)))
+        if self.in_memory:
+            for s in samples:
+                image, maps_ = self._encode(s)
+                self.ids.append(s.id)
+                self.images.append(image)
+                self.maps.append(maps_)
+        elif not self.ids:
+            self.ids = [samples[i].id for i in range(len(samples))]
         if not self.ids:
             raise ValueError("no samples to pretrain on")
+
+    def _encode(self, s) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001 - a Sample
+        m = self.map_source(s) if self.map_source is not None else np.zeros((0, *s.image.shape[:2]), np.float32)
+        if m.shape[-2:] != s.image.shape[:2]:
+            raise ValueError(f"sample {s.id}: knowledge maps {m.shape[-2:]} differ from image {s.image.shape[:2]}")
+        return _as_uint8(s.image), _as_uint8(m)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, index = key
-        image = self.images[index].float() / 255
+        if self.in_memory:
+            image8, maps8 = self.images[index], self.maps[index]
+        else:
+            image8, maps8 = self._encode(self.samples[index])
+        image = image8.float() / 255
         if image.ndim == 3:
             image = image.permute(2, 0, 1)
-        maps = self.maps[index].float() / 255
+        maps = maps8.float() / 255
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             threads = torch.get_num_threads()

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from spanlib.model import dino as D
 from spanlib.pretrain.augment import ViewMaker
-from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json_atomic
+from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json
 from spanlib.core.configs import Config, load_config
 from spanlib.pretrain.loader import EpochBatchSampler, ViewDataset, collate, knowledge_map_source
 from spanlib.model.span import span_loss
@@ -88,12 +88,25 @@ def setup_runtime(device: str = "auto", amp: str = "auto") -> Runtime:
 
 
 def load_samples(cfg: Config) -> Sequence:
-    """The pretraining samples named by ``run.data`` and ``run.split``."""
+    """The pretraining samples named by ``run.data``, ``run.reader`` and ``run.split``, read lazily.
+
+    The folder and images readers keep only ``run.split``; another reader
+    (CheXpert's ``train.csv``...) keeps the records of that split when it has
+    any, else every record. Pretraining reads no masks.
+    """
     if not cfg.run.data:
         raise ValueError("no data: set run.data (a dataset folder) or pass samples")
-    from spanlib.data import FolderDataset
+    from spanlib.data import open_dataset
 
-    return FolderDataset(cfg.run.data, split=cfg.run.split)
+    if cfg.run.reader == "folder":
+        return open_dataset("folder", cfg.run.data, split=cfg.run.split)
+    if cfg.run.reader == "images":
+        return open_dataset("images", cfg.run.data, split=cfg.run.split, require_masks=False)
+    dataset = open_dataset(cfg.run.reader, cfg.run.data)
+    kept = [r for r in dataset.records if r.split == cfg.run.split]
+    if kept:
+        dataset.records, dataset.ids = kept, [r.id for r in kept]
+    return dataset
 
 
 def param_checksum(module: torch.nn.Module) -> float:
@@ -196,7 +209,7 @@ class Pretrainer:
                 raise RuntimeError(f"step {self.step}: ranks hold different parameters {sums}")
             self.log.write({"event": "checkpoint", "step": self.step, "param_checksums": sums})
         if self.rt.main:
-            save_atomic(self.state(), self.out / "checkpoint.pt")
+            save_atomic(self.out / "checkpoint.pt", self.state())
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path)
@@ -262,7 +275,7 @@ class Pretrainer:
     def _finish(self, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
         summary["seconds"] = round(seconds, 2)
         if self.rt.main:
-            write_json_atomic(summary, self.out / "done.json")
+            write_json(self.out / "done.json", summary)
         return summary
 
     def _train_step(self, micro_batches, epoch, lr_sched, wd_sched, mom_sched) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Figures of :mod:`spanlib.figures.attention`: axes counts, the mass threshold, no pyplot state."""
+"""Figures of :mod:`spanlib.figures.attention` and :mod:`spanlib.figures.training`: axes counts, the mass threshold, no pyplot state."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from spanlib.figures import attention as viz
+from spanlib.figures import style, training
 
 SIZE, GRID = 32, 4
 
@@ -162,8 +163,8 @@ def test_training_curves_one_axes_per_metric():
     span.insert(2, {"event": "checkpoint", "step": 2, "param_checksums": [1.0]})
     dino = [{"step": s, "loss": 3.0, "dino_loss": 3.0, "span_loss": 0.0, "teacher_entropy": 2.1, "embed_std": 0.5}
             for s in range(1, 6)]
-    figure = viz.training_curves({"span": span, "dino": dino})
-    assert len(figure.axes) == len(viz.TRAINING_METRICS)
+    figure = training.training_curves({"span": span, "dino": dino})
+    assert len(figure.axes) == len(training.TRAINING_METRICS)
     by_title = {ax.get_title(): ax for ax in figure.axes}
     assert len(by_title["inside share"].lines) == 1  # DINO logs no inside share
     assert len(by_title["loss"].lines) == 2
@@ -172,17 +173,17 @@ def test_training_curves_one_axes_per_metric():
     import pandas as pd
 
     frame = pd.DataFrame(span + dino[:1]).to_dict("records")  # numpy scalars, NaN for absent keys and event columns
-    from_frame = viz.training_curves({"run": frame})
+    from_frame = training.training_curves({"run": frame})
     assert len({ax.get_title(): ax for ax in from_frame.axes}["loss"].lines[0].get_xdata()) == 6
-    two = viz.training_curves({"span": span}, metrics=["loss", "lr"])
+    two = training.training_curves({"span": span}, metrics=["loss", "lr"])
     assert len(two.axes) == 2
     assert [t.get_text() for t in two.axes[1].texts] == ["not logged"]
 
 
 def test_style_is_applied_inside_the_figure_only():
-    figure = viz.training_curves({"a": [{"step": 1, "loss": 1.0}]}, metrics=["loss"])
-    assert figure.axes[0].title.get_fontsize() == viz.STYLE["axes.titlesize"]
-    assert figure.dpi == viz.STYLE["figure.dpi"]
+    figure = training.training_curves({"a": [{"step": 1, "loss": 1.0}]}, metrics=["loss"])
+    assert figure.axes[0].title.get_fontsize() == style.STYLE["axes.titlesize"]
+    assert figure.dpi == style.STYLE["figure.dpi"]
 
 
 def test_figures_display_as_png_without_pyplot():
@@ -190,7 +191,14 @@ def test_figures_display_as_png_without_pyplot():
     from IPython.core.formatters import DisplayFormatter
 
     figure = viz.attention_overlay(_image(), _attention()[0])
-    assert isinstance(figure, viz.BookFigure)
+    assert isinstance(figure, style.BookFigure)
     data, _ = DisplayFormatter().format(figure)
     assert data["image/png"].startswith(b"\x89PNG")
-    assert viz.figure_png(figure) == figure._repr_png_()
+    assert style.figure_png(figure) == figure._repr_png_()
+
+
+def test_masks_for_head_keeps_the_named_organ_only():
+    masks = _masks()
+    assert list(viz.masks_for_head(masks, 0, {0: "heart"})) == ["heart"]
+    assert viz.masks_for_head(masks, 1, {0: "heart"}) is masks
+    assert viz.masks_for_head(None, 0, {0: "heart"}) is None
