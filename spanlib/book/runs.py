@@ -58,12 +58,15 @@ def _absolute(path: str | None, root: Path) -> str | None:
     return str(p if p.is_absolute() else root / p)
 
 
-def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None) -> Path:
+def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None, reader: str = "folder",
+                **build_options: object) -> Path:
     """Build knowledge maps (:func:`spanlib.maps.build.build_knowledge_maps`) unless built.
 
     The builder itself resumes: maps already built are skipped. A lock file
     beside ``out`` makes concurrent callers wait for one build. The build's
     summary is printed as ``python -m spanlib templates build`` prints it.
+    ``reader`` and ``build_options`` (``exemplar_from``, ``segmenter_from``...)
+    go to the builder, for a user's own data.
 
     Raises:
         RuntimeError: the build failed (bad data, unreadable files).
@@ -87,7 +90,8 @@ def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None) ->
             return out
         try:
             report = build.build_knowledge_maps(kind=kind, data=str(data), out=str(out), exemplar="auto",
-                                                workers=workers or os.cpu_count() or 1, progress=False)
+                                                workers=workers or os.cpu_count() or 1, progress=False, reader=reader,
+                                                **build_options)
         except (ValueError, OSError, KeyError) as error:
             raise RuntimeError(f"{out}: building {kind} knowledge maps failed: {error}") from error
         print(json.dumps({k: v for k, v in report.items() if k != "records"}, indent=1))
@@ -105,6 +109,7 @@ class RunKey:
         lambda_span: SPAN's inclusion and exclusion weight (None: the preset's).
         epochs: pretraining epochs (None: the preset's).
         dataset: ``chest`` or another dataset of the book (``parts``).
+        data: a user's own dataset folder instead of the generated one.
     """
 
     preset: str
@@ -113,12 +118,14 @@ class RunKey:
     lambda_span: float | None = None
     epochs: int | None = None
     dataset: str = "chest"
+    data: str | None = None
 
     def path(self) -> Path:
         """Where the run lives.
 
         ``runs/<preset>/<regimen>/seed<seed>[-lambda..][-epochs..]`` for chest
-        films, ``runs/<preset>/<dataset>/<regimen>/...`` for another dataset.
+        films, ``runs/<preset>/<dataset>/<regimen>/...`` for another dataset,
+        ``runs/<preset>/data-<folder name>/<regimen>/...`` for a user's own data.
         """
         name = f"seed{self.seed}"
         if self.lambda_span is not None:
@@ -126,6 +133,8 @@ class RunKey:
         if self.epochs is not None:
             name += f"-epochs{self.epochs}"
         base = runs_dir(self.preset) if self.dataset == "chest" else runs_dir(self.preset) / self.dataset
+        if self.data:
+            base = runs_dir(self.preset) / f"data-{Path(self.data).name}"
         return base / self.regimen / name
 
 
@@ -141,6 +150,14 @@ def run_dir(
     return RunKey(preset, regimen, seed, lambda_span, epochs, dataset).path()
 
 
+def chapter_data(preset: str, kind: str = "chest", data: str | None = None, reader: str = "folder"
+                 ) -> tuple[Path, str]:
+    """The data a chapter runs on and its reader: a user's ``data`` when given, else the generated set."""
+    if data:
+        return Path(data), reader
+    return data_dir(preset, kind), "folder"
+
+
 def ensure_pretrained(
     preset: str,
     regimen: str,
@@ -148,6 +165,9 @@ def ensure_pretrained(
     lambda_span: float | None = None,
     epochs: int | None = None,
     dataset: str = "chest",
+    data: str | None = None,
+    reader: str = "folder",
+    maps_from: str | None = None,
 ) -> RunHandle:
     """Make sure data, knowledge maps and the run exist; train what is missing.
 
@@ -155,6 +175,14 @@ def ensure_pretrained(
     maps by the templates builder's cache, the run by its ``done.json``. A
     run directory whose saved configuration differs from the one asked for
     is trained again from scratch.
+
+    Args:
+        data: pretrain on this folder (read with ``reader``) instead of the
+            generated ``dataset``; the papermill parameters ``-p data DIR
+            -p reader NAME`` of the chapters land here.
+        maps_from: an annotated folder (folder format) for the knowledge maps
+            of a ``data`` without masks: its exemplar (deformable) or its
+            masks for the segmenter (global).
     """
     import shutil
 
@@ -162,10 +190,13 @@ def ensure_pretrained(
     from spanlib.data import make_default_data
     from spanlib.pretrain.train import pretrain
 
-    key = RunKey(preset, regimen, seed, lambda_span, epochs, dataset)
+    key = RunKey(preset, regimen, seed, lambda_span, epochs, dataset, str(data) if data else None)
     root = project_root()
-    paths = make_default_data(preset, root / "data" / "generated" / preset, seed=0)
-    overrides: dict[str, object] = {"run.seed": seed, "run.data": str(paths[dataset])}
+    if data:
+        paths = {dataset: Path(data)}
+    else:
+        paths, reader = make_default_data(preset, root / "data" / "generated" / preset, seed=0), "folder"
+    overrides: dict[str, object] = {"run.seed": seed, "run.data": str(paths[dataset]), "run.reader": reader}
     if lambda_span is not None:
         overrides["span.lambda_inclusion"] = lambda_span
         overrides["span.lambda_exclusion"] = lambda_span
@@ -178,7 +209,10 @@ def ensure_pretrained(
         kind = target.name
         if dataset != "chest":
             target = target.with_name(f"{dataset}-{kind}")
-        ensure_maps(kind, paths[dataset], target)
+        if data:
+            target = key.path().parent.parent / "maps" / kind
+        source = {"exemplar_from": maps_from} if kind == "deformable" else {"segmenter_from": maps_from}
+        ensure_maps(kind, paths[dataset], target, reader=reader, **(source if maps_from else {}))
         cfg = cfg.replace(**{"span.knowledge_maps": str(target)})
     out = key.path()
     if (out / "config.yaml").exists():
