@@ -7,14 +7,18 @@ import json
 
 import pytest
 
-from spanlib.bench import ap, byol, register, step
+from spanlib.bench import ap, byol, loader, register, step
 from spanlib.bench.cli import BENCHES
 
 
 def test_every_bench_has_one_cli_and_one_measure() -> None:
-    assert set(BENCHES) == {"step", "ap", "register", "byol"}
-    for module in (step, ap, register, byol):
-        assert callable(module.main) and callable(module.measure)
+    import importlib
+
+    assert {"step", "ap", "register", "byol", "loader"} <= set(BENCHES)
+    for module_name, _ in BENCHES.values():
+        assert callable(importlib.import_module(module_name).main), module_name
+    for module in (step, ap, register, byol, loader):
+        assert callable(module.measure), module.__name__
         assert not hasattr(module, "run") and not hasattr(module, "add_arguments"), module.__name__
 
 
@@ -79,3 +83,12 @@ def test_dispatcher_runs_a_bench(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "ap", "--json", "--maps", "2", "--size", "16", "--grid", "4", "--steps", "1",
                  "--kinds", "general"]) == 0
     assert json.loads(capsys.readouterr().out)["max_abs_diff"] <= 1e-6
+
+
+def test_loader_measure_tiny(tmp_path) -> None:
+    result = loader.measure(films=(20, 40), batches=1, batch_size=4, img_size=24, root=tmp_path / "films",
+                            in_memory_at=20)
+    rows = result["rows"]
+    assert [(r["films"], r["in_memory"]) for r in rows] == [(20, False), (40, False), (20, True)]
+    assert all(r["peak_rss_mib"] > 0 and r["images_per_s"] > 0 for r in rows)
+    assert isinstance(result["rss_growth_lazy_mib"], float)

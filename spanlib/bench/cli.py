@@ -16,6 +16,7 @@ BENCHES = {
     "ap": ("spanlib.bench.ap", "vectorized pixel AP vs scikit-learn"),
     "register": ("spanlib.bench.register", "knowledge maps per second and Dice vs a plain SimpleITK reference"),
     "byol": ("spanlib.bench.byol", "object-level vs plain BYOL step, bf16 autocast, threads"),
+    "loader": ("spanlib.bench.loader", "pretraining loader memory and images/s as the set grows (lazy reading)"),
 }
 
 

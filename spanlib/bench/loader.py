@@ -84,7 +84,7 @@ def _measure(root: str, films: int, batches: int, batch_size: int, img_size: int
                "worker_peak_rss_mib": round(child_kib / 1024, 1) if workers else None})
 
 
-def run(films: tuple[int, ...] = DEFAULT_SIZES, batches: int = 20, batch_size: int = 32, img_size: int = 96,
+def measure(films: tuple[int, ...] = DEFAULT_SIZES, batches: int = 20, batch_size: int = 32, img_size: int = 96,
         workers: int = 0, root: Path | None = None, in_memory_at: int | None = None) -> dict[str, Any]:
     """Measure the loader at each set size (each in a fresh process); returns the rows and the RSS growth."""
     import tempfile
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None, help="where the generated set is written (kept for reruns)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run(tuple(sorted(args.films)), args.batches, args.batch_size, args.img_size, args.workers, args.root,
+    result = measure(tuple(sorted(args.films)), args.batches, args.batch_size, args.img_size, args.workers, args.root,
                  args.in_memory_at)
     if args.json:
         print(json.dumps(result))

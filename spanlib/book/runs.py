@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from spanlib.core.paths import data_dir, project_root, runs_dir  # noqa: F401 - the notebooks take paths from here
 
@@ -138,16 +139,9 @@ class RunKey:
         return base / self.regimen / name
 
 
-def run_dir(
-    preset: str,
-    regimen: str,
-    seed: int = 0,
-    lambda_span: float | None = None,
-    epochs: int | None = None,
-    dataset: str = "chest",
-) -> Path:
-    """Where a run of the book lives (see :meth:`RunKey.path`)."""
-    return RunKey(preset, regimen, seed, lambda_span, epochs, dataset).path()
+def run_dir(*key: Any, **named: Any) -> Path:
+    """Where a run of the book lives: :class:`RunKey`'s fields, positional or named, to :meth:`RunKey.path`."""
+    return RunKey(*key, **named).path()
 
 
 def chapter_data(preset: str, kind: str = "chest", data: str | None = None, reader: str = "folder"
