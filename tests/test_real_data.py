@@ -142,24 +142,35 @@ def test_pretrain_on_a_folder_of_films_from_the_command_line(world, tmp_path):
     assert "reader: images" in (out / "config.yaml").read_text()
 
 
-@pytest.mark.slow
-def test_a_chapter_runs_on_a_users_films_through_papermill(world, tmp_path):
-    """The pretraining chapter with ``-p data DIR -p reader images``: maps from an annotated set, then SPAN."""
+def _execute(name: str, tmp_path: Path, params: dict) -> Path:
     import jupytext
     import nbformat
     import papermill
 
-    source = REPO / "notebooks" / "03_pretraining.md"
-    unexecuted, out = tmp_path / "03.ipynb", tmp_path / "03.out.ipynb"
+    source = next((REPO / "notebooks").glob(f"{name}_*.md"))
+    unexecuted, out = tmp_path / f"{name}.ipynb", tmp_path / f"{name}.out.ipynb"
     nbformat.write(jupytext.read(source), unexecuted)
+    papermill.execute_notebook(str(unexecuted), str(out), parameters=params, cwd=str(source.parent),
+                               kernel_name="python3", progress_bar=False)
+    return out
+
+
+def test_the_data_chapter_shows_a_users_films(world, tmp_path):
+    out = _execute("01", tmp_path, {"preset": "smoke", "data": str(world["films"]), "reader": "images"})
+    text = out.read_text()
+    assert "images reader at films" in text and "image/png" in text
+
+
+@pytest.mark.slow
+def test_a_chapter_runs_on_a_users_films_through_papermill(world, tmp_path):
+    """The pretraining chapter with ``-p data DIR -p reader images``: maps from an annotated set, then SPAN."""
     unlabelled = tmp_path / "films"  # the user's films without masks: the maps come from `maps_from`
     (unlabelled / "images").mkdir(parents=True)
     for path in sorted((world["films"] / "images").iterdir()):
         (unlabelled / "images" / path.name).write_bytes(path.read_bytes())
     params = {"preset": "smoke", "regimen": "span_deformable", "data": str(unlabelled), "reader": "images",
               "maps_from": str(world["chest"])}
-    papermill.execute_notebook(str(unexecuted), str(out), parameters=params, cwd=str(source.parent),
-                               kernel_name="python3", progress_bar=False)
+    _execute("03", tmp_path, params)
     run = REPO / "runs" / "smoke" / "data-films" / "span_deformable" / "seed0"
     assert (run / "done.json").is_file() and "reader: images" in (run / "config.yaml").read_text()
     report = json.loads((REPO / "runs" / "smoke" / "data-films" / "maps" / "deformable" / "report.json").read_text())

@@ -222,20 +222,44 @@ def ensure_pretrained(
 FEWSHOT_REGIMENS = ("random", "dino_cxr", "span_triangular")
 
 
-def build_summary(preset: str, seeds: list[int] | tuple[int, ...] = (0,)) -> dict:
+def build_summary(
+    preset: str,
+    seeds: list[int] | tuple[int, ...] = (0,),
+    data: str | None = None,
+    reader: str = "folder",
+    maps_from: str | None = None,
+    eval_data: str | None = None,
+    eval_reader: str = "folder",
+    select_on: str | None = None,
+    parts_data: str | None = None,
+    parts_reader: str = "folder",
+) -> dict:
     """Every regimen's results, means (and ``std`` beside them) over seeds.
 
     Trains or loads each run (cached) and evaluates it (features cached);
-    values in percent. Written to ``runs/<preset>/summary.json``.
+    values in percent. Written to ``runs/<preset>/summary.json`` (for a
+    user's ``data``: ``runs/<preset>/data-<name>/summary.json``).
+
+    Args:
+        data, reader, maps_from: the chest pretraining set (default: the
+            generated phantoms), as :func:`ensure_pretrained` takes them.
+        eval_data, eval_reader: the annotated set attention is scored on
+            (default: ``data``).
+        select_on: where a baseline's head is chosen when the evaluation set
+            has no validation split.
+        parts_data, parts_reader: the inspection set (default: the generated parts).
     """
     import json
 
     import numpy as np
 
     from spanlib.core.configs import REGIMENS
+    from spanlib.data import open_dataset
     from spanlib.eval.evaluate import evaluate
 
-    chest, parts = data_dir(preset, "chest"), data_dir(preset, "parts")
+    chest, reader = chapter_data(preset, "chest", data, reader)
+    scored, eval_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
+    parts, parts_reader = chapter_data(preset, "parts", parts_data, parts_reader)
 
     def agg(values: list[float]) -> dict[str, float] | float:
         arr = np.asarray(values, dtype=float)
@@ -246,9 +270,9 @@ def build_summary(preset: str, seeds: list[int] | tuple[int, ...] = (0,)) -> dic
     for regimen in REGIMENS:
         per_seed = []
         for seed in seeds:
-            run = ensure_pretrained(preset, regimen, seed=seed)
-            att = evaluate("attention", run.path, chest)["organs"]
-            lin = evaluate("linear", run.path, chest, seed=seed)
+            run = ensure_pretrained(preset, regimen, seed=seed, data=data, reader=reader, maps_from=maps_from)
+            att = evaluate("attention", run.path, scored, reader=eval_reader, select_on=select_on)["organs"]
+            lin = evaluate("linear", run.path, chest, seed=seed, reader=reader)
             per_seed.append(({o: s["mAP"] for o, s in att.items()}, lin["mAUC"]))
         organs = per_seed[0][0]
         regimens[regimen] = {
@@ -259,13 +283,11 @@ def build_summary(preset: str, seeds: list[int] | tuple[int, ...] = (0,)) -> dic
     for regimen in FEWSHOT_REGIMENS:
         per_seed = []
         for seed in seeds:
-            run = ensure_pretrained(preset, regimen, seed=seed, dataset="parts")
-            res = evaluate("fewshot", run.path, parts, seed=seed)
+            run = ensure_pretrained(preset, regimen, seed=seed, dataset="parts", data=parts_data, reader=parts_reader)
+            res = evaluate("fewshot", run.path, parts, seed=seed, reader=parts_reader)
             per_seed.append({str(n): s["mean"] for n, s in res["sizes"].items()})
         fewshot[regimen] = {n: agg([p[n] for p in per_seed]) for n in per_seed[0]}
-    from spanlib.data import FolderDataset
-
-    meta = FolderDataset(chest).meta
+    meta = open_dataset(reader, chest).meta
     summary = {
         "data": "synthetic" if meta.get("synthetic") else "real",
         "data_description": meta.get("description", ""),
@@ -275,7 +297,7 @@ def build_summary(preset: str, seeds: list[int] | tuple[int, ...] = (0,)) -> dic
         "regimens": regimens,
         "fewshot": fewshot,
     }
-    out = runs_dir(preset) / "summary.json"
+    out = (runs_dir(preset) / f"data-{chest.name}" if data else runs_dir(preset)) / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
