@@ -57,31 +57,34 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def load_split(root: str | Path, split: str, size: int, cache_dir: str | Path | None = None) -> ByolData:
-    """A split of a folder dataset, resized to ``size`` (masks nearest), as arrays.
+def load_split(root: str | Path, split: str, size: int, cache_dir: str | Path | None = None,
+               reader: str = "folder") -> ByolData:
+    """A split of a dataset, resized to ``size`` (masks nearest), as arrays.
 
     Args:
-        root: dataset folder (folder format, e.g. ``spanlib.book.runs.data_dir(preset, "chest")``).
+        root: dataset folder (e.g. ``spanlib.book.runs.data_dir(preset, "chest")``).
         split: ``"train"``, ``"val"`` or ``"test"``.
         size: side in pixels.
         cache_dir: where to keep the arrays (``None``: no cache).
+        reader: how to read ``root`` (any reader of :mod:`spanlib.data`; default the folder format).
 
     Raises:
         ValueError: the split is empty.
     """
-    from spanlib.data import FolderDataset
+    from spanlib.data import open_dataset
+    from spanlib.eval.sets import split_of
 
     root = Path(root).resolve()
     meta_path = root / "meta.json"
     stamp = meta_path.read_text() if meta_path.is_file() else ""
-    key = f"{root}|{split}|{size}|{_digest(stamp)}"
+    key = f"{root}|{split}|{size}|{_digest(stamp)}" + ("" if reader == "folder" else f"|{reader}")
     cache = Path(cache_dir) / f"data-{split}-{size}-{_digest(key)}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))
             return ByolData(tuple(info["ids"]), z["images"], z["masks"], z["labels"], tuple(info["mask_names"]),
                             tuple(info["label_names"]), info["key"])
-    dataset = FolderDataset(root, split=split, size=size)
+    dataset = split_of(open_dataset(reader, root, size=size), split)
     if len(dataset) == 0:
         raise ValueError(f"{root}: split {split!r} is empty")
     samples = [dataset[i] for i in range(len(dataset))]
