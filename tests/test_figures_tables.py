@@ -62,7 +62,9 @@ def test_fewshot_table_check_and_verdict():
 
 
 def _summary(n=1):
-    value = (lambda m: {"mean": m, "std": 1.0}) if n > 1 else (lambda m: m)
+    from spanlib.eval.intervals import seed_interval
+
+    value = (lambda m: seed_interval([m - 1.0, m, m + 1.0])) if n > 1 else (lambda m: m)
     return {"data": "phantoms", "data_description": "synthetic", "preset": "smoke", "seeds": list(range(n)),
             "regimens": {"dino": {"attention_mAP": {"heart": value(10.0), "lung": value(30.0)}, "linear_mAUC": value(60.0)},
                          "dino_cxr": {"attention_mAP": {"heart": value(15.0), "lung": value(15.0)}, "linear_mAUC": 61.0},
@@ -73,7 +75,8 @@ def _summary(n=1):
 
 def test_summary_tables_and_ranking():
     summary = _summary(2)
-    assert "means" in tables.summary_header(summary, 2) and tables.summary_header(_summary(), 1).endswith("percent.")
+    assert "means" in tables.summary_header(summary, 2)
+    assert tables.summary_header(_summary(), 1).endswith("the text below claims no ordering.")
     rows = tables.summary_attention_rows(summary, {**PAPER, "lung": PAPER["lung"]}, ROWS)
     assert rows.loc[(rows.regimen == "dino") & (rows.organ == "lung"), "this book"].iloc[0] == 30.0
     table = tables.summary_attention_table(rows, ["span_deformable", "dino", "dino_cxr"])
@@ -127,3 +130,12 @@ def test_result_figures_are_book_figures_and_leave_rcparams():
     assert isinstance(scatter, BookFigure) and scatter.axes[0].get_title() == "Spearman rank correlation 0.60"
     assert math.isnan(results.rank_correlation(rows.dropna().iloc[:2]))
     assert dict(matplotlib.rcParams) == before
+
+
+def test_ordering_lines_claim_an_order_only_where_intervals_separate():
+    several = tables.ordering_lines(_summary(2))
+    assert several.count("\n") == 2  # heart, lung, linear
+    assert "heart attention mAP: `span_deformable` is above `dino_cxr` by 35.0, and the 95% intervals separate" in several
+    assert "linear mAUC" in several
+    one = tables.ordering_lines(_summary(1))
+    assert one.count("no ordering is claimed") == 3

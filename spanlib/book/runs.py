@@ -234,7 +234,7 @@ def build_summary(
     parts_data: str | None = None,
     parts_reader: str = "folder",
 ) -> dict:
-    """Every regimen's results, means (and ``std`` beside them) over seeds.
+    """Every regimen's results over seeds: ``{"mean", "ci95", "seeds"}`` per number (``ci95`` None for one seed).
 
     Trains or loads each run (cached) and evaluates it (features cached);
     values in percent. Written to ``runs/<preset>/summary.json`` (for a
@@ -251,20 +251,16 @@ def build_summary(
     """
     import json
 
-    import numpy as np
-
     from spanlib.core.configs import REGIMENS
     from spanlib.data import open_dataset
     from spanlib.eval.evaluate import evaluate
+    from spanlib.eval.intervals import seed_interval
 
     chest, reader = chapter_data(preset, "chest", data, reader)
     scored, eval_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
     parts, parts_reader = chapter_data(preset, "parts", parts_data, parts_reader)
 
-    def agg(values: list[float]) -> dict[str, float] | float:
-        arr = np.asarray(values, dtype=float)
-        mean = float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
-        return {"mean": mean, "std": float(np.nanstd(arr, ddof=1))} if len(arr) > 1 else mean
+    agg = seed_interval  # {"mean", "ci95", "seeds"} of every number, over the seeds
 
     regimens: dict[str, dict] = {}
     for regimen in REGIMENS:

@@ -27,7 +27,7 @@ BEGUN_NATS = 1.0
 
 
 def summary_value(v: Any) -> float:
-    """A summary entry's value: the mean of a several-seed entry ``{"mean", "std"}``, else the value itself."""
+    """A summary entry's value: the mean of an entry ``{"mean", "ci95", "seeds"}``, else the value itself."""
     return v["mean"] if isinstance(v, dict) else v
 
 
@@ -119,7 +119,8 @@ def summary_header(summary: Mapping[str, Any], n_seeds: int) -> str:
     return (
         f"**Data:** {summary['data']} ({summary['data_description']}). **Preset:** `{summary['preset']}`. "
         f"**Seeds:** {summary['seeds']}. Values in percent"
-        + ("; with several seeds, means (the summary file also has the standard deviations)." if n_seeds > 1 else ".")
+        + ("; with several seeds, means (the summary file also has the 95% intervals and every seed's value)."
+           if n_seeds > 1 else "; one seed, so no interval: the text below claims no ordering.")
     )
 
 
@@ -164,6 +165,31 @@ def attention_ranking(summary: Mapping[str, Any], paper: Mapping[str, Mapping[st
         f"from the best DINO baseline (`{best_baseline}`); the paper reports +{paper_gap:.1f} for deformable SPAN over "
         "DINO (CheX augm.) on JSRT."
     )
+
+
+def ordering_lines(summary: Mapping[str, Any], baselines: Sequence[str] = ("dino", "dino_cxr")) -> str:
+    """The best SPAN regimen against the best baseline, per organ and for the linear probe (Markdown).
+
+    Each line claims an ordering only where the 95% intervals over seeds
+    separate (:func:`spanlib.eval.intervals.compare`).
+    """
+    from spanlib.eval.intervals import compare
+
+    def entry(v: Any) -> dict[str, Any]:
+        return v if isinstance(v, Mapping) and "seeds" in v else {"mean": summary_value(v), "ci95": None, "seeds": [v]}
+
+    regimens = summary["regimens"]
+    spans = [r for r in regimens if r.startswith("span_")]
+    lines = []
+    metrics = [(f"{organ} attention mAP", lambda res, o=organ: res["attention_mAP"][o])
+               for organ in next(iter(regimens.values()))["attention_mAP"]]
+    metrics.append(("linear mAUC", lambda res: res["linear_mAUC"]))
+    for what, get in metrics:
+        best_span = max(spans, key=lambda r: summary_value(get(regimens[r])))
+        best_base = max((b for b in baselines if b in regimens), key=lambda r: summary_value(get(regimens[r])))
+        lines.append("- " + compare(f"`{best_span}`", entry(get(regimens[best_span])), f"`{best_base}`",
+                                    entry(get(regimens[best_base])), what))
+    return "\n".join(lines)
 
 
 def summary_linear_table(summary: Mapping[str, Any], paper_mauc: Mapping[str, float],
