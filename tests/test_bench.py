@@ -86,9 +86,9 @@ def test_dispatcher_runs_a_bench(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_loader_measure_tiny(tmp_path) -> None:
-    result = loader.measure(films=(20, 40), batches=1, batch_size=4, img_size=24, root=tmp_path / "films",
-                            in_memory_at=20)
+    result = loader.measure(films=(12,), batches=1, batch_size=4, img_size=24, root=tmp_path / "films",
+                            in_memory_at=12)
     rows = result["rows"]
-    assert [(r["films"], r["in_memory"]) for r in rows] == [(20, False), (40, False), (20, True)]
+    assert [(r["films"], r["in_memory"]) for r in rows] == [(12, False), (12, True)]
     assert all(r["peak_rss_mib"] > 0 and r["images_per_s"] > 0 for r in rows)
-    assert isinstance(result["rss_growth_lazy_mib"], float)
+    assert result["rss_growth_lazy_mib"] is None  # one size: no growth to report

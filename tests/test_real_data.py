@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -61,6 +62,16 @@ def world(tmp_path_factory):
     return {"runs": runs, "films": films, "selection": selection, "chest": paths["chest"]}
 
 
+def in_process(capsys, *args: str) -> SimpleNamespace:
+    """``python -m spanlib ARGS`` through the same entry point, in this process (no interpreter start)."""
+    from spanlib.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "spanlib", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
@@ -78,8 +89,8 @@ def test_attention_on_a_folder_of_films_from_the_command_line(world, tmp_path):
     assert result["selection_set"] == str(world["selection"]) and result["test_set"].startswith("split 'test'")
 
 
-def test_a_baseline_without_a_validation_split_is_refused(world, tmp_path):
-    refused = cli("evaluate", "attention", "--run", str(world["runs"]["dino"]), "--data", str(world["films"]),
+def test_a_baseline_without_a_validation_split_is_refused(world, tmp_path, capsys):
+    refused = in_process(capsys, "evaluate", "attention", "--run", str(world["runs"]["dino"]), "--data", str(world["films"]),
                   "--reader", "images", "--out", str(tmp_path / "r.json"))
     assert refused.returncode == 2
     assert "no validation split" in refused.stdout and "--select-on" in refused.stdout
@@ -108,7 +119,7 @@ def test_seeded_split_is_written_beside_the_result(world, tmp_path):
     assert len(rows) == len(list((films / "images").iterdir())) and {r["split"] for r in rows} <= {"train", "val", "test"}
 
 
-def test_chexpert_linear_probe_trains_on_train_csv_and_tests_on_valid_csv(world, tmp_path):
+def test_chexpert_linear_probe_trains_on_train_csv_and_tests_on_valid_csv(world, tmp_path, capsys):
     chest = FolderDataset(world["chest"])
     root = tmp_path / "CheXpert-v1.0-small"
     columns = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEST_LABELS]
@@ -125,7 +136,7 @@ def test_chexpert_linear_probe_trains_on_train_csv_and_tests_on_valid_csv(world,
                 w.writerow({"Path": f"CheXpert-v1.0-small/{rel}", "Sex": "Male", "Age": "60", "Frontal/Lateral": "Frontal",
                             "AP/PA": "PA", **{n: f"{s.labels[n]:.1f}" for n in CHEST_LABELS}})
     out = tmp_path / "linear.json"
-    done = cli("evaluate", "linear", "--run", str(world["runs"]["dino"]), "--data", str(root), "--reader", "chexpert",
+    done = in_process(capsys, "evaluate", "linear", "--run", str(world["runs"]["dino"]), "--data", str(root), "--reader", "chexpert",
                "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(out.read_text())
@@ -133,9 +144,9 @@ def test_chexpert_linear_probe_trains_on_train_csv_and_tests_on_valid_csv(world,
     assert result["test_images"] == sum(s.split == "test" for s in chest) and 0 <= result["mAUC"] <= 100
 
 
-def test_pretrain_on_a_folder_of_films_from_the_command_line(world, tmp_path):
+def test_pretrain_on_a_folder_of_films_from_the_command_line(world, tmp_path, capsys):
     out = tmp_path / "run"
-    done = cli("pretrain", "--preset", "smoke", "--regimen", "dino", "--data", str(world["films"]), "--reader", "images",
+    done = in_process(capsys, "pretrain", "--preset", "smoke", "--regimen", "dino", "--data", str(world["films"]), "--reader", "images",
                "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads((out / "done.json").read_text())["steps"] > 0

@@ -3,8 +3,9 @@
 The block is taken from the page itself, so the page cannot drift from what
 works: its paths point at small sets written here in each real format
 (CheXpert CSV + JPEG, JSRT raw ``.IMG`` + SCR GIF masks, Montgomery PNG), the
-``smoke`` preset stands in for ``paper``, ``python`` for ``torchrun`` and 64
+``smoke`` preset stands in for ``paper``, one process for ``torchrun`` and 64
 pixels for 256; DINO's weights are a local checkpoint of the smoke model.
+Each command runs through the command line's own entry point in this process.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from spanlib.cli import main as cli_main
 from spanlib.core.configs import resolve
 from spanlib.data import CHEST_LABELS, ChestConfig, make_chest_phantom
 from spanlib.model.vit import build_vit
@@ -88,18 +89,36 @@ def write_sets(root: Path) -> dict[str, Path]:
             "WORK": root / "work"}
 
 
-def adapted(block: str, paths: dict[str, Path]) -> str:
-    lines = []
-    for line in block.splitlines():
-        name = re.match(r"^([A-Z]+)=", line)
-        if name:
-            line = f"{name.group(1)}={paths[name.group(1)]}"
-        lines.append(line)
-    script = "\n".join(lines)
-    script = re.sub(r"(?m)^python -m spanlib", f"{sys.executable} -m spanlib", script)
-    script = re.sub(r"(?m)^torchrun --nproc_per_node \d+ -m spanlib", f"{sys.executable} -m spanlib", script)
-    script = script.replace("--preset paper", "--preset smoke").replace("--size 256", "--size 64")
-    return "set -euo pipefail\n" + script + "\n"
+def commands(block: str, paths: dict[str, Path]) -> list[list[str]]:
+    """The block's spanlib commands as argument lists, its variables set to ``paths``.
+
+    Continuation lines are joined and ``$NAME`` expanded as bash would; every
+    command must be ``python -m spanlib ...`` or ``torchrun ... -m spanlib ...``
+    (anything else fails the test, so the page stays a plain sequence of verbs).
+    The ``smoke`` preset stands in for ``paper`` and 64 pixels for 256.
+    """
+    env = {name: str(path) for name, path in paths.items()}
+    text = block.replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        assignment = re.match(r"^([A-Z]+)=(\S+)$", line)
+        if assignment:
+            assert assignment.group(1) in env, f"the page sets {assignment.group(1)}, which the test does not provide"
+            continue
+        argv = shlex.split(re.sub(r"\$([A-Z]+)", lambda m: env[m.group(1)], line))
+        if argv[:3] == ["python", "-m", "spanlib"]:
+            argv = argv[3:]
+        elif argv[0] == "torchrun" and "-m" in argv and argv[argv.index("-m") + 1] == "spanlib":
+            argv = argv[argv.index("-m") + 2:]
+        else:
+            raise AssertionError(f"not a spanlib command: {line}")
+        argv = ["smoke" if a == "paper" and argv[i - 1] == "--preset" else a for i, a in enumerate(argv)]
+        argv = ["64" if a == "256" and argv[i - 1] == "--size" else a for i, a in enumerate(argv)]
+        out.append(argv)
+    return out
 
 
 @pytest.mark.slow
@@ -107,10 +126,10 @@ def test_the_papers_command_sequence_runs_as_written(tmp_path: Path):
     block = page_block()
     assert "data import" in block and "--exemplar-from" in block and "--select-on" in block and "export" in block
     paths = write_sets(tmp_path)
-    script = adapted(block, paths)
-    assert "--preset paper" not in script and "torchrun" not in script
-    done = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    steps = commands(block, paths)
+    assert [s[0] for s in steps] == ["data"] * 3 + ["templates"] + ["pretrain"] * 2 + ["evaluate"] * 5 + ["export"]
+    for argv in steps:  # in this process: the same verbs and arguments, without an interpreter start per command
+        assert cli_main(argv) == 0, argv
     work = paths["WORK"]
     assert json.loads((work / "chexpert" / "import-report.json").read_text())["written"] == 18
     maps = json.loads((work / "maps" / "deformable" / "report.json").read_text())
