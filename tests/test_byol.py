@@ -400,3 +400,30 @@ def test_probe_encoder_caches_its_scores(tmp_path):
     again = probe_encoder(None, split, split, cfg, cache_dir=tmp_path)  # read back, the encoder is not touched
     assert again["mAUC"] == pytest.approx(first["mAUC"]) and again["iou"] == pytest.approx(first["iou"])
     np.testing.assert_allclose(again["per_image"], first["per_image"])
+
+
+def test_the_chapter_steps_on_a_written_set(tmp_path, monkeypatch):
+    """The Refine and Represent chapter's functions, on a small folder of phantoms (``data`` given)."""
+    import spanlib.byol.chapter as chapter
+    from spanlib.data import CHEST_ORGANS, ChestConfig, make_chest_phantom, write_folder_dataset
+
+    films = [make_chest_phantom(i, seed=2, config=ChestConfig(image_size=64), split="train" if i < 8 else "test")
+             for i in range(12)]
+    root = write_folder_dataset(tmp_path / "films", films, {"kind": "chest", "mask_names": list(CHEST_ORGANS)})
+    monkeypatch.setattr(chapter, "runs_dir", lambda preset: tmp_path / "runs" / preset)
+    d = chapter.chapter_data("smoke", data=str(root))
+    assert (len(d.train), len(d.test)) == (8, 4) and d.train_priors.shape[0] == 8
+    assert d.cache == tmp_path / "runs" / "smoke" / "byol" / "cache"
+    assert chapter.setup_table(d).loc["training images", "value"] == 8
+    runs = chapter.chapter_runs(d)
+    assert {"plain BYOL", "superpixels", d.main_run} <= set(runs)
+    refined = chapter.refined_test_masks(d, runs)
+    assert set(refined) == {n for n, r in runs.items() if r.config.pooling == "object"}
+    batch = d.refine_batch
+    assert all(labels.shape[0] == batch.stop for labels in refined.values())
+    quality = chapter.mask_qualities(d, refined)
+    assert set(quality) == {"SLIC priors", *refined}
+    probes = chapter.chapter_probes(d, runs)
+    assert {"random init", *runs} == set(probes)
+    auc_se, iou_se = chapter.reading_errors(d, probes)
+    assert set(iou_se) == {"plain BYOL", "random init", "superpixels"} and auc_se >= 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,7 @@ class StudyResults:
         reference: flat-attention (chance) scores on the test canvases, percent.
         n_test: test canvases scored.
         n_val: validation canvases used to choose the best head.
+        wall_s: seconds :func:`run_study` took (training or loading, and scoring).
     """
 
     preset: str
@@ -94,6 +96,7 @@ class StudyResults:
     reference: dict[str, float]
     n_test: int
     n_val: int
+    wall_s: float = 0.0
 
     def table(self, names: Sequence[str] | None = None) -> Any:
         """Headline numbers per variant as a DataFrame (percent; best head chosen on validation)."""
@@ -138,6 +141,20 @@ class StudyResults:
         """Training time of every variant together (as recorded when each was trained)."""
         return float(sum(r.seconds for r in self.variants.values()))
 
+    def description(self, root: Path) -> str:
+        """The chapter's opening lines: the digits, the canvases (relative to ``root``), the base model, the time."""
+        base = self.study.base
+        return "\n".join([
+            f"digits: {self.data_source}",
+            f"canvases: {self.data.relative_to(root)} ({self.n_test} test and {self.n_val} validation canvases scored; "
+            "training canvases drawn on the fly around digits of the training pool)",
+            f"base model: ViT, {base.img_size} px input, patch {base.patch_size} ({base.grid}x{base.grid} grid), "
+            f"width {base.embed_dim}, {base.depth} blocks, {base.num_heads} heads; batch {base.batch_size}, "
+            f"{base.steps} steps per variant",
+            f"variants trained or loaded in {self.wall_s:.0f} s (training time as recorded: "
+            f"{self.training_seconds():.0f} s)",
+        ])
+
 
 def run_study(
     preset: str | StudyPreset,
@@ -173,6 +190,7 @@ def run_study(
     from spanlib.core.paths import runs_dir
     from spanlib.data import FolderDataset
 
+    started = time.perf_counter()
     if isinstance(preset, StudyPreset):
         if data is None or cache_root is None:
             raise ValueError("a StudyPreset object needs explicit data and cache_root (no preset name to derive them)")
@@ -226,4 +244,5 @@ def run_study(
         reference=uniform_reference(test_set),
         n_test=len(test_set.ids),
         n_val=len(val_set.ids),
+        wall_s=time.perf_counter() - started,
     )
