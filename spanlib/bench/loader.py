@@ -26,23 +26,18 @@ DEFAULT_SIZES = (1000, 5000, 20000)
 
 def write_films(root: Path, films: int, distinct: int = 256, size: int = 128, seed: int = 0) -> Path:
     """A folder-format chest set of ``films`` films (``distinct`` phantoms, repeated under new ids)."""
-    from spanlib.data.folder import sample_row, write_index, write_sample_files
+    from spanlib.data.folder import write_folder_dataset
     from spanlib.data.phantoms import ChestConfig, make_chest_phantom
     from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS
 
     if (root / "meta.json").is_file() and json.loads((root / "meta.json").read_text()).get("counts", {}).get("train") == films:
         return root
-    root.mkdir(parents=True, exist_ok=True)
     base = [make_chest_phantom(i, seed, ChestConfig(image_size=size)) for i in range(min(distinct, films))]
-    rows = []
-    for i in range(films):
-        s = base[i % len(base)]
-        copy = type(s)(id=f"film{i:06d}", image=s.image, masks=s.masks, labels=s.labels, split="train")
-        write_sample_files(root, copy, CHEST_ORGANS)
-        rows.append(sample_row(copy, CHEST_LABELS))
+    copies = (type(s)(id=f"film{i:06d}", image=s.image, masks=s.masks, labels=s.labels, split="train")
+              for i, s in ((i, base[i % len(base)]) for i in range(films)))
     meta = {"kind": "chest", "source": "bench loader: repeated phantoms", "synthetic": True,
             "mask_names": list(CHEST_ORGANS), "label_names": list(CHEST_LABELS)}
-    return write_index(root, rows, meta)
+    return write_folder_dataset(root, copies, meta)
 
 
 def _measure(root: str, films: int, batches: int, batch_size: int, img_size: int, in_memory: bool | None,

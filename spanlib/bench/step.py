@@ -194,7 +194,6 @@ def _measure(preset: str, overrides: dict, steps: int, warmup: int) -> dict:
     }
     out["matmul_share"] = out["dino_step_gflops"] / ceiling
     out["span_matmul_share"] = out["span_step_gflops"] / ceiling
-    out["share_of_matmul_ceiling"] = out["matmul_share"]
     return out
 
 

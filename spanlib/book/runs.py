@@ -60,14 +60,15 @@ def _absolute(path: str | None, root: Path) -> str | None:
 
 
 def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None, reader: str = "folder",
-                **build_options: object) -> Path:
+                maps_from: str | None = None) -> Path:
     """Build knowledge maps (:func:`spanlib.maps.build.build_knowledge_maps`) unless built.
 
     The builder itself resumes: maps already built are skipped. A lock file
     beside ``out`` makes concurrent callers wait for one build. The build's
     summary is printed as ``python -m spanlib templates build`` prints it.
-    ``reader`` and ``build_options`` (``exemplar_from``, ``segmenter_from``...)
-    go to the builder, for a user's own data.
+    For a user's own data: ``reader`` reads ``data``, and ``maps_from`` is an
+    annotated folder giving the exemplar (deformable) or the segmenter's
+    training films (global).
 
     Raises:
         RuntimeError: the build failed (bad data, unreadable files).
@@ -92,7 +93,8 @@ def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None, re
         try:
             report = build.build_knowledge_maps(kind=kind, data=str(data), out=str(out), exemplar="auto",
                                                 workers=workers or os.cpu_count() or 1, progress=False, reader=reader,
-                                                **build_options)
+                                                exemplar_from=maps_from if kind == "deformable" else None,
+                                                segmenter_from=maps_from if kind == "global" else None)
         except (ValueError, OSError, KeyError) as error:
             raise RuntimeError(f"{out}: building {kind} knowledge maps failed: {error}") from error
         print(json.dumps({k: v for k, v in report.items() if k != "records"}, indent=1))
@@ -205,8 +207,7 @@ def ensure_pretrained(
             target = target.with_name(f"{dataset}-{kind}")
         if data:
             target = key.path().parent.parent / "maps" / kind
-        source = {"exemplar_from": maps_from} if kind == "deformable" else {"segmenter_from": maps_from}
-        ensure_maps(kind, paths[dataset], target, reader=reader, **(source if maps_from else {}))
+        ensure_maps(kind, paths[dataset], target, reader=reader, maps_from=maps_from)
         cfg = cfg.replace(**{"span.knowledge_maps": str(target)})
     out = key.path()
     if (out / "config.yaml").exists():
@@ -260,7 +261,6 @@ def build_summary(
     scored, eval_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
     parts, parts_reader = chapter_data(preset, "parts", parts_data, parts_reader)
 
-    agg = seed_interval  # {"mean", "ci95", "seeds"} of every number, over the seeds
 
     regimens: dict[str, dict] = {}
     for regimen in REGIMENS:
@@ -272,8 +272,8 @@ def build_summary(
             per_seed.append(({o: s["mAP"] for o, s in att.items()}, lin["mAUC"]))
         organs = per_seed[0][0]
         regimens[regimen] = {
-            "attention_mAP": {o: agg([p[0][o] for p in per_seed]) for o in organs},
-            "linear_mAUC": agg([p[1] for p in per_seed]),
+            "attention_mAP": {o: seed_interval([p[0][o] for p in per_seed]) for o in organs},
+            "linear_mAUC": seed_interval([p[1] for p in per_seed]),
         }
     fewshot: dict[str, dict] = {}
     for regimen in FEWSHOT_REGIMENS:
@@ -282,7 +282,7 @@ def build_summary(
             run = ensure_pretrained(preset, regimen, seed=seed, dataset="parts", data=parts_data, reader=parts_reader)
             res = evaluate("fewshot", run.path, parts, seed=seed, reader=parts_reader)
             per_seed.append({str(n): s["mean"] for n, s in res["sizes"].items()})
-        fewshot[regimen] = {n: agg([p[n] for p in per_seed]) for n in per_seed[0]}
+        fewshot[regimen] = {n: seed_interval([p[n] for p in per_seed]) for n in per_seed[0]}
     meta = open_dataset(reader, chest).meta
     summary = {
         "data": "synthetic" if meta.get("synthetic") else "real",

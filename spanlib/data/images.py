@@ -194,11 +194,12 @@ class ImagesDataset(RecordDataset):
         masks = {organ: _files_by_stem(mask_dir / organ) for organ in organs} if require_masks else {}
         ids = set(images)
         label_names, labels = read_labels(root / "labels.csv", ids) if (root / "labels.csv").is_file() else ((), {})
-        self.splits_from = "splits.csv" if (root / "splits.csv").is_file() else f"seeded (seed {seed}, {split_fractions})"
+        self.seeded_split = not (root / "splits.csv").is_file()
+        self.splits_from = f"seeded (seed {seed}, {split_fractions})" if self.seeded_split else "splits.csv"
         splits = (
-            read_splits(root / "splits.csv", ids)
-            if (root / "splits.csv").is_file()
-            else {i: seeded_split(i, seed, split_fractions) for i in images}
+            {i: seeded_split(i, seed, split_fractions) for i in images}
+            if self.seeded_split
+            else read_splits(root / "splits.csv", ids)
         )
         self.skipped: dict[str, str] = {}
         records = []

@@ -42,12 +42,13 @@ def safe_id(sample_id: str) -> str:
     return cleaned
 
 
-def _read_journal(path: Path) -> dict[str, list[str]]:
+def _read_journal(path: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """The journal's header and its rows by id (``([], {})`` before the first import)."""
     if not path.is_file():
-        return {}
+        return [], {}
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
-    return {row[0]: row for row in rows[1:] if row}
+    return (rows[0] if rows else []), {row[0]: row for row in rows[1:] if row}
 
 
 def import_dataset(
@@ -85,12 +86,10 @@ def import_dataset(
     out.mkdir(parents=True, exist_ok=True)
     label_names, mask_names = tuple(dataset.label_names), tuple(dataset.mask_names)
     journal_path = out / JOURNAL
-    done = _read_journal(journal_path)
+    old_header, done = _read_journal(journal_path)
     header = ["id", "split", *label_names]
-    if done and journal_path.is_file():
-        with journal_path.open(newline="", encoding="utf-8") as handle:
-            if next(csv.reader(handle), []) != header:
-                raise DataError(journal_path, "journal of an import with other labels: remove the folder to start over")
+    if done and old_header != header:
+        raise DataError(journal_path, "journal of an import with other labels: remove the folder to start over")
     if (out / "meta.json").exists():
         (out / "meta.json").unlink()  # not complete again until this import finishes
     failures: list[dict[str, str]] = []
@@ -125,7 +124,7 @@ def import_dataset(
             writer.writerow([name, sample.split, *(label_cell(sample.labels.get(n, math.nan)) for n in label_names)])
             handle.flush()
             written += 1
-    rows = [row for row in _read_journal(journal_path).values()]
+    rows = list(_read_journal(journal_path)[1].values())
     meta = {
         "kind": dataset.meta.get("kind", "folder"),
         "source": str(dataset.meta.get("source", "")),

@@ -86,10 +86,14 @@ def extract(
     return {"ids": ids, "features": torch.cat(feats), "attention": torch.cat(attns)}
 
 
-def cached_extract(run: str | Path, samples: Sequence, n_last_blocks: int = 1, img_size: int | None = None
-                   ) -> dict[str, Any]:
-    """:func:`extract` for a run, cached in ``run/eval/cache-<key>.pt``."""
-    cfg, model, info = load_backbone(run)
+def cached_extract(run: str | Path, samples: Sequence, n_last_blocks: int = 1, img_size: int | None = None,
+                   backbone: tuple[Config, torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """:func:`extract` for a run, cached in ``run/eval/cache-<key>.pt``.
+
+    ``backbone``: the run's :func:`~spanlib.model.export.load_backbone`, when
+    the caller has it already (else it is loaded here).
+    """
+    cfg, model, info = backbone or load_backbone(run)
     size = None if img_size in (None, cfg.model.img_size) else int(img_size)
     path = Path(run) / "eval" / f"cache-{_dataset_key(samples, info['step'], n_last_blocks, size)}.pt"
     if path.exists():
@@ -212,7 +216,8 @@ def evaluate(
 
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose from {KINDS}")
-    cfg, _, info = load_backbone(run)
+    backbone = load_backbone(run)
+    cfg, _, info = backbone
     data = Path(data)
     whole = open_dataset(reader, data, **options)
     test, test_how = test_set(whole, data, test_on, reader, options)
@@ -232,11 +237,12 @@ def evaluate(
             missing = [o for o in organs if o not in val.mask_names]
             if missing:
                 raise SelectionError(f"{select_how}: the selection set has no masks for {', '.join(missing)}")
-            val_scores = attention_scores(cached_extract(run, val, img_size=eval_size)["attention"],
+            val_scores = attention_scores(cached_extract(run, val, img_size=eval_size, backbone=backbone)["attention"],
                                           _masks(val, organs), {})
             choice = {o: val_scores[o]["head"] for o in organs if o not in assigned}
             result["selection_set"], result["selection_images"] = select_how, len(val)
-        scores = attention_scores(cached_extract(run, test, img_size=eval_size)["attention"], _masks(test, organs),
+        scores = attention_scores(cached_extract(run, test, img_size=eval_size, backbone=backbone)["attention"],
+                                  _masks(test, organs),
                                   assigned, choice)
         result["organs"] = scores
         result["attention"] = {o: {"mean": s["mAP"], "head": s["head"], "head_chosen": s["head_chosen"],
@@ -250,8 +256,8 @@ def evaluate(
             raise SelectionError(f"{train_how}: the probe's training set shares images with the test set ({test_how})")
         result["train_set"], result["train_images"] = train_how, len(train)
         names = list(train.label_names)
-        ftrain = cached_extract(run, train, img_size=eval_size)["features"]
-        ftest = cached_extract(run, test, img_size=eval_size)["features"]
+        ftrain = cached_extract(run, train, img_size=eval_size, backbone=backbone)["features"]
+        ftest = cached_extract(run, test, img_size=eval_size, backbone=backbone)["features"]
         ytrain, ytest = _labels(train, names), _labels(test, names)
         if kind == "linear":
             result.update(probe.linear_probe(ftrain, ytrain, ftest, ytest, names, seed=seed))
@@ -261,7 +267,7 @@ def evaluate(
             result.update(probe.knn_multilabel(ftrain, ytrain, ftest, ytest, names))
     out = Path(out) if out else Path(run) / "eval" / f"{kind}-{data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    if hasattr(whole, "write_splits") and "seeded" in str(getattr(whole, "splits_from", "")):
+    if getattr(whole, "seeded_split", False):
         result["splits_file"] = str(whole.write_splits(out.with_name(out.stem + "-splits.csv")))
     write_json(out, result)
     return result

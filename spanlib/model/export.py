@@ -25,7 +25,7 @@ import yaml
 
 from spanlib.core.checkpoint import load_checkpoint, write_json
 from spanlib.core.configs import Config
-from spanlib.model.vit import build_vit
+from spanlib.model.vit import build_vit, shape_overrides
 
 WHICH = ("teacher", "student")
 WEIGHTS = "model.safetensors"
@@ -56,8 +56,7 @@ def load_backbone(run: str | Path, which: str = "teacher") -> tuple[Config, torc
 def timm_config(cfg: Config) -> dict[str, Any]:
     """What ``timm.create_model`` needs to build the backbone of a run again."""
     m = cfg.model
-    model_args = {k: getattr(m, k) for k in ("patch_size", "embed_dim", "depth", "num_heads") if getattr(m, k) is not None}
-    model_args.update(img_size=m.img_size, in_chans=m.in_chans)
+    model_args = {**shape_overrides(m), "img_size": m.img_size, "in_chans": m.in_chans}
     return {
         "architecture": m.arch,
         "num_classes": 0,

@@ -24,6 +24,15 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from spanlib.core.configs import ModelConfig
 
 
+SHAPE_FIELDS = ("patch_size", "embed_dim", "depth", "num_heads")
+"""ModelConfig fields that override the timm architecture's own shape when set."""
+
+
+def shape_overrides(cfg: ModelConfig) -> dict[str, int]:
+    """The keyword arguments of ``timm.create_model`` that give the backbone the configured shape."""
+    return {k: getattr(cfg, k) for k in SHAPE_FIELDS if getattr(cfg, k) is not None}
+
+
 def build_vit(cfg: ModelConfig) -> VisionTransformer:
     """Create the backbone: a timm ViT without classifier (``num_classes=0``).
 
@@ -33,9 +42,7 @@ def build_vit(cfg: ModelConfig) -> VisionTransformer:
     Returns:
         The ViT, with ``dynamic_img_size`` so local crops of another size work.
     """
-    overrides = {
-        k: getattr(cfg, k) for k in ("patch_size", "embed_dim", "depth", "num_heads") if getattr(cfg, k) is not None
-    }
+    overrides = shape_overrides(cfg)
     model = timm.create_model(
         cfg.arch,
         pretrained=False,

@@ -111,7 +111,7 @@ class ViewDataset(Dataset):
         self.samples = samples
         self.map_source = maps
         self.in_memory = len(samples) <= IN_MEMORY_LIMIT if in_memory is None else bool(in_memory)
-        self.ids: list[str] = list(getattr(samples, "ids", [])) if not self.in_memory else []
+        self.ids: list[str] = []
         self.images: list[torch.Tensor] = []
         self.maps: list[torch.Tensor] = []
         if self.in_memory:
@@ -120,8 +120,8 @@ class ViewDataset(Dataset):
                 self.ids.append(s.id)
                 self.images.append(image)
                 self.maps.append(maps_)
-        elif not self.ids:
-            self.ids = [samples[i].id for i in range(len(samples))]
+        else:  # a reader's index knows the ids without opening an image
+            self.ids = list(samples.ids) if hasattr(samples, "ids") else [s.id for s in samples]
         if not self.ids:
             raise ValueError("no samples to pretrain on")
 
