@@ -46,17 +46,27 @@ data: $(STAMP) digits
 
 # every regimen that trains (the untrained `random` baseline is made where it is evaluated)
 TRAINED := dino,dino_cxr,span_triangular,span_global,span_deformable
-# the cast-part regimens that train, for the few-labels chapter (spanlib.book.runs.FEWSHOT_REGIMENS)
-PART_REGIMENS := dino_cxr,span_triangular
+# the cast-part regimens that train, for the few-labels chapter (spanlib.book.summary.PART_TRAINED)
+PART_REGIMENS := dino,dino_cxr,span_triangular
+# the seeds of the headline tables (the results chapter's n_seeds)
+SEEDS := 0,1,2
 
 # The book: data, then every regimen's pretraining through papermill (each run
 # cached on disk), then Jupyter Book executes the chapters (cached by
 # jupyter-cache) and builds the HTML with warnings as errors.
 book: $(STAMP) digits
 	$(PY) -m spanlib data make --preset book --out data/generated/book --quiet
-	$(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --workers 2 --param regimen=$(TRAINED)
+	$(PY) -m spanlib start --preset book
 	$(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --workers 2 \
-		--param regimen=$(PART_REGIMENS) --param dataset=parts --out runs/book/sweeps/03_pretraining-parts
+		--param regimen=$(TRAINED) --param seed=$(SEEDS)
+	$(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --workers 2 \
+		--param regimen=$(PART_REGIMENS) --param seed=$(SEEDS) --param dataset=parts --out runs/book/sweeps/03_pretraining-parts
+	$(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --workers 2 \
+		--param regimen=span_triangular --param epochs=2 --param lambda_span=0.5,5,50,500 \
+		--out runs/book/sweeps/03_pretraining-lambda
+	$(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --workers 2 \
+		--param regimen=span_triangular --param epochs=2 --param terms=both,inclusion,exclusion \
+		--param renormalize=true,false --out runs/book/sweeps/03_pretraining-terms
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 
 lab: $(STAMP)

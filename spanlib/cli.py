@@ -16,6 +16,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("spanlib.data.cli", "make the embedded default data, or scan a dataset for bad files"),
     "templates": ("spanlib.maps.cli", "build knowledge maps (triangular, global, deformable)"),
     "pretrain": ("spanlib.pretrain.cli", "DINO / SPAN pretraining of a ViT"),
+    "start": ("spanlib.book.start", "train a preset's shared pretrained start (cached) and report how far DINO got"),
     "evaluate": ("spanlib.eval.cli", "attention mAP, linear probe, few-shot, k-NN for a run"),
     "export": ("spanlib.model.cli", "a run's backbone as a plain timm state dict (safetensors) with its config"),
     "bench": ("spanlib.bench.cli", "measurements behind the book's performance page"),

@@ -56,9 +56,10 @@ def test_fewshot_table_check_and_verdict():
     assert table["labels"].tolist() == [4, 8, 4, 8] and table["draws"].tolist() == [3] * 4
     check = tables.all_labels_check({"dino": {"mAUC": 58.0}, "span": {"mAUC": 70.0}}, table)
     assert check.loc["span", "AUC, 8 labels"] == 62.0
-    assert "do carry the defects" in tables.fewshot_verdict(check, 64, 8, 5, 128)
+    assert "only weakly" in tables.fewshot_verdict(check, 64, 8, 5, 128)
+    assert "do carry the defects" in tables.fewshot_verdict(check, 64, 8, 5, 128, target=65.0)
     low = tables.fewshot_verdict(check, 64, 8, 5, 128, chance_bound=75.0)
-    assert "close to chance" in low and "2 times smaller" in low and "70.0 AUC" in low
+    assert "close to chance" in low and "128-pixel parts at 64 pixels" in low and "70.0 AUC" in low
 
 
 def _summary(n=1):

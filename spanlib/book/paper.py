@@ -3,7 +3,9 @@
 From Miao et al., "Prior Knowledge-Guided Attention in Self-Supervised
 Vision Transformers" (SPAN), as digested in the project's notes. Values in
 percent. "DINO" there is the ImageNet DINO checkpoint, not trained on chest
-films; our ``random`` regimen (an untrained network) has no counterpart.
+films; the book's ``dino_start`` (its shared pretrained start, frozen) plays
+that part, and ``random`` (an untrained network) is the paper's "random init"
+of its linear-probe table.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 # Our regimen name -> the paper's row name.
 REGIMEN_NAMES = {
     "random": "random init",
+    "dino_start": "DINO",
     "dino": "DINO (CheX)",
     "dino_cxr": "DINO (CheX augm.)",
     "span_triangular": "SPAN triangular",

@@ -113,6 +113,12 @@ class RunKey:
         epochs: pretraining epochs (None: the preset's).
         dataset: ``chest`` or another dataset of the book (``parts``).
         data: a user's own dataset folder instead of the generated one.
+        terms: SPAN's terms: ``both`` (the method), ``inclusion`` or
+            ``exclusion`` only (the paper's appendix ablation).
+        renormalize: renormalise the assigned heads' attention before the
+            terms (None: the preset's; see :mod:`spanlib.model.span`).
+        from_start: the run continues the preset's shared start
+            (:mod:`spanlib.book.start`) instead of training from random weights.
     """
 
     preset: str
@@ -122,6 +128,9 @@ class RunKey:
     epochs: int | None = None
     dataset: str = "chest"
     data: str | None = None
+    terms: str = "both"
+    renormalize: bool | None = None
+    from_start: bool = False
 
     def path(self) -> Path:
         """Where the run lives.
@@ -135,6 +144,12 @@ class RunKey:
             name += f"-lambda{self.lambda_span:g}"
         if self.epochs is not None:
             name += f"-epochs{self.epochs}"
+        if self.terms != "both":
+            name += f"-{self.terms}"
+        if self.renormalize is not None:
+            name += "-renormalized" if self.renormalize else "-raw"
+        if self.from_start and self.regimen != "dino_start":
+            name += "-from-start"
         base = runs_dir(self.preset) if self.dataset == "chest" else runs_dir(self.preset) / self.dataset
         if self.data:
             base = runs_dir(self.preset) / f"data-{Path(self.data).name}"
@@ -164,8 +179,11 @@ def ensure_pretrained(
     data: str | None = None,
     reader: str = "folder",
     maps_from: str | None = None,
+    terms: str = "both",
+    renormalize: bool | None = None,
+    from_start: bool | None = None,
 ) -> RunHandle:
-    """Make sure data, knowledge maps and the run exist; train what is missing.
+    """Make sure data, knowledge maps, the shared start and the run exist; train what is missing.
 
     Every step is cached on disk: the data by its generator settings, the
     maps by the templates builder's cache, the run by its ``done.json``. A
@@ -179,6 +197,10 @@ def ensure_pretrained(
         maps_from: an annotated folder (folder format) for the knowledge maps
             of a ``data`` without masks: its exemplar (deformable) or its
             masks for the segmenter (global).
+        terms, renormalize: as :class:`RunKey` names them.
+        from_start: continue the preset's shared start (None: as the preset's
+            ``start.continued`` says). ``dino_start`` is always the start
+            itself, frozen; ``random`` never continues it.
     """
     import shutil
 
@@ -186,7 +208,16 @@ def ensure_pretrained(
     from spanlib.data import make_default_data
     from spanlib.pretrain.train import pretrain
 
-    key = RunKey(preset, regimen, seed, lambda_span, epochs, dataset, str(data) if data else None)
+    from spanlib.book.start import continues_start, ensure_start
+
+    if terms not in ("both", "inclusion", "exclusion"):
+        raise ValueError(f"terms must be both, inclusion or exclusion, not {terms!r}")
+    if from_start is None:
+        from_start = continues_start(preset)
+    from_start = (bool(from_start) or regimen == "dino_start") and regimen != "random"
+    # the frozen start has one set of weights whatever the seed: one run directory (its features cached once)
+    key = RunKey(preset, regimen, 0 if regimen == "dino_start" else seed, lambda_span, epochs, dataset,
+                 str(data) if data else None, terms, renormalize, from_start)
     root = project_root()
     if data:
         paths = {dataset: Path(data)}
@@ -198,7 +229,15 @@ def ensure_pretrained(
         overrides["span.lambda_exclusion"] = lambda_span
     if epochs is not None:
         overrides["optim.epochs"] = epochs
+    if renormalize is not None:
+        overrides["span.renormalize"] = bool(renormalize)
+    if from_start:
+        start = ensure_start(preset)
+        if start is not None:
+            overrides["run.init_from"] = str(start)
     cfg = resolve(preset, regimen, overrides, dataset=dataset)
+    if terms != "both":  # one term alone: the other's weight to zero
+        cfg = cfg.replace(**{f"span.lambda_{'exclusion' if terms == 'inclusion' else 'inclusion'}": 0.0})
     maps = cfg.span.knowledge_maps
     if cfg.span.assigned_heads and maps not in (None, "triangular", "masks"):
         target = Path(_absolute(maps, root))
@@ -210,90 +249,29 @@ def ensure_pretrained(
         ensure_maps(kind, paths[dataset], target, reader=reader, maps_from=maps_from)
         cfg = cfg.replace(**{"span.knowledge_maps": str(target)})
     out = key.path()
+    # the start a run continued, by the content of its done.json: a start trained again retrains its runs
+    start_id = _start_id(cfg.run.init_from)
+    recorded = (out / "start-id").read_text() if (out / "start-id").is_file() else None
     if (out / "config.yaml").exists():
         from spanlib.core.configs import load_config
 
         if load_config(out / "config.yaml") != cfg:
             print(f"{out}: configuration changed since this run was made; training it again")
             shutil.rmtree(out)
+        elif recorded is not None and recorded != start_id:
+            print(f"{out}: its shared start was trained again; training it again")
+            shutil.rmtree(out)
     pretrain(cfg, out, resume=True)
+    if start_id:
+        (out / "start-id").write_text(start_id)
     return RunHandle(out, root)
 
 
-FEWSHOT_REGIMENS = ("random", "dino_cxr", "span_triangular")
+def _start_id(init_from: str | None) -> str:
+    """A fingerprint of the finished start a run continues ('' for none)."""
+    if not init_from:
+        return ""
+    import hashlib
 
-
-def build_summary(
-    preset: str,
-    seeds: list[int] | tuple[int, ...] = (0,),
-    data: str | None = None,
-    reader: str = "folder",
-    maps_from: str | None = None,
-    eval_data: str | None = None,
-    eval_reader: str = "folder",
-    select_on: str | None = None,
-    parts_data: str | None = None,
-    parts_reader: str = "folder",
-) -> dict:
-    """Every regimen's results over seeds: ``{"mean", "ci95", "seeds"}`` per number (``ci95`` None for one seed).
-
-    Trains or loads each run (cached) and evaluates it (features cached);
-    values in percent. Written to ``runs/<preset>/summary.json`` (for a
-    user's ``data``: ``runs/<preset>/data-<name>/summary.json``).
-
-    Args:
-        data, reader, maps_from: the chest pretraining set (default: the
-            generated phantoms), as :func:`ensure_pretrained` takes them.
-        eval_data, eval_reader: the annotated set attention is scored on
-            (default: ``data``).
-        select_on: where a baseline's head is chosen when the evaluation set
-            has no validation split.
-        parts_data, parts_reader: the inspection set (default: the generated parts).
-    """
-    import json
-
-    from spanlib.core.configs import REGIMENS
-    from spanlib.data import open_dataset
-    from spanlib.eval.evaluate import evaluate
-    from spanlib.eval.intervals import seed_interval
-
-    chest, reader = chapter_data(preset, "chest", data, reader)
-    scored, eval_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
-    parts, parts_reader = chapter_data(preset, "parts", parts_data, parts_reader)
-
-
-    regimens: dict[str, dict] = {}
-    for regimen in REGIMENS:
-        per_seed = []
-        for seed in seeds:
-            run = ensure_pretrained(preset, regimen, seed=seed, data=data, reader=reader, maps_from=maps_from)
-            att = evaluate("attention", run.path, scored, reader=eval_reader, select_on=select_on)["organs"]
-            lin = evaluate("linear", run.path, chest, seed=seed, reader=reader)
-            per_seed.append(({o: s["mAP"] for o, s in att.items()}, lin["mAUC"]))
-        organs = per_seed[0][0]
-        regimens[regimen] = {
-            "attention_mAP": {o: seed_interval([p[0][o] for p in per_seed]) for o in organs},
-            "linear_mAUC": seed_interval([p[1] for p in per_seed]),
-        }
-    fewshot: dict[str, dict] = {}
-    for regimen in FEWSHOT_REGIMENS:
-        per_seed = []
-        for seed in seeds:
-            run = ensure_pretrained(preset, regimen, seed=seed, dataset="parts", data=parts_data, reader=parts_reader)
-            res = evaluate("fewshot", run.path, parts, seed=seed, reader=parts_reader)
-            per_seed.append({str(n): s["mean"] for n, s in res["sizes"].items()})
-        fewshot[regimen] = {n: seed_interval([p[n] for p in per_seed]) for n in per_seed[0]}
-    meta = open_dataset(reader, chest).meta
-    summary = {
-        "data": "synthetic" if meta.get("synthetic") else "real",
-        "data_description": meta.get("description", ""),
-        "preset": preset,
-        "seeds": list(seeds),
-        "units": "percent",
-        "regimens": regimens,
-        "fewshot": fewshot,
-    }
-    out = (runs_dir(preset) / f"data-{chest.name}" if data else runs_dir(preset)) / "summary.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    done = Path(init_from) / "done.json"
+    return hashlib.blake2b(done.read_bytes(), digest_size=8).hexdigest() if done.is_file() else ""

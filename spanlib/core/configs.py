@@ -355,10 +355,21 @@ class OptimConfig(FrozenConfig):
 
 @dataclass(frozen=True)
 class RunConfig(FrozenConfig):
-    """Everything else about a run."""
+    """Everything else about a run.
+
+    Attributes:
+        data: a dataset folder, or several (a list in YAML) pooled into one
+            pretraining set (the shared start trains on every generated set).
+        train: ``False`` for a baseline that is not trained (``random``, and
+            ``dino_start``: the shared start itself, frozen).
+        init_from: a finished run (its directory or ``checkpoint.pt``) whose
+            student, teacher and DINO centre this run starts from: the shared
+            pretrained start every regimen of the book continues. The
+            optimiser and the schedules start afresh.
+    """
 
     seed: int = 0
-    data: str | None = None
+    data: str | tuple[str, ...] | None = None
     reader: str = "folder"
     split: str = "train"
     device: str = "auto"
@@ -367,6 +378,7 @@ class RunConfig(FrozenConfig):
     checkpoint_every: int = 50
     log_every: int = 10
     train: bool = True
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -383,7 +395,10 @@ class Config(FrozenConfig):
     run: RunConfig = field(default_factory=RunConfig)
 
 
-REGIMENS = ("random", "dino", "dino_cxr", "span_triangular", "span_global", "span_deformable")
+REGIMENS = ("random", "dino_start", "dino", "dino_cxr", "span_triangular", "span_global", "span_deformable")
+"""Every regimen, baselines first. ``dino_start`` is the shared pretrained start, frozen: the paper's "DINO" row
+(ImageNet weights, no chest training); ``dino`` continues it with DINO's own views on chest films, ``dino_cxr``
+with the chest views, the SPAN regimens add the regularizer with one kind of knowledge map each."""
 
 
 def preset_names() -> list[str]:
@@ -428,6 +443,42 @@ def resolve(preset: str, regimen: str, overrides: dict[str, Any] | None = None, 
     merged.setdefault("name", f"{preset}-{regimen}" + ("" if dataset == "chest" else f"-{dataset}"))
     merged["regimen"] = regimen
     return Config.from_dict(merged)
+
+
+@dataclass(frozen=True)
+class StartSpec:
+    """A preset's shared pretrained start (its ``start`` section).
+
+    Attributes:
+        config: the start's own run (plain DINO, no assigned heads).
+        datasets: the generated sets pooled for it, e.g. ``("chest", "parts", "digits")``.
+        continued: whether the preset's regimens continue the start by default
+            (else they train from random weights and the start is the frozen
+            ``dino_start`` baseline only).
+    """
+
+    config: Config
+    datasets: tuple[str, ...]
+    continued: bool
+
+
+def resolve_start(preset: str, overrides: dict[str, Any] | None = None) -> StartSpec | None:
+    """A preset's shared pretrained start, or ``None`` for a preset without one.
+
+    The ``start`` section holds ``datasets``, ``continued`` and overrides of
+    the preset's ``base`` (DINO's own views, its own epochs). The ``paper``
+    preset has none: it starts from DINO's ImageNet checkpoint instead.
+    """
+    data = load_preset(preset)
+    section = data.get("start")
+    if not section:
+        return None
+    section = dict(section)
+    datasets = tuple(section.pop("datasets", ("chest",)))
+    continued = bool(section.pop("continued", True))
+    merged = merge(merge(data["base"], section), unflatten(overrides or {}))
+    merged.update(name=f"{preset}-start", regimen="dino")
+    return StartSpec(Config.from_dict(merged), datasets, continued)
 
 
 def load_config(path: str | Path) -> Config:

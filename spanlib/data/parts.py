@@ -44,6 +44,11 @@ class PartConfig:
         small_defect_rate: share of defects drawn at their smallest size.
         noise: range of the sensor-noise standard deviation.
         speck_rate: probability of dark specks on the background.
+        defect_scale: size of the defects relative to the Kaggle-like
+            originals (drawn for a 300 px film). The book's models see a part
+            at 64 px through 8 px patches, where an original blow hole is under
+            a pixel; at 3x a defect spans a patch or more, as the Kaggle
+            defects do at the paper's 224 px through 16 px patches.
     """
 
     image_size: int = 128
@@ -51,6 +56,7 @@ class PartConfig:
     small_defect_rate: float = 0.35
     noise: tuple[float, float] = (0.01, 0.03)
     speck_rate: float = 0.5
+    defect_scale: float = 1.0
 
 
 def _polar(size: int, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,11 +68,12 @@ def _polar(size: int, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _draw_defect(
-    kind: str, rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, geometry: dict[str, float], small: bool
+    kind: str, rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, geometry: dict[str, float], small: bool,
+    defect_scale: float = 1.0,
 ) -> None:
     """Draw one defect on a height-change layer (128 = unchanged, darker = lower, lighter = raised)."""
     cx, cy, outer, inner, hub = (geometry[k] for k in ("cx", "cy", "outer", "inner", "hub"))
-    scale = 0.5 if small else 1.0
+    scale = (0.5 if small else 1.0) * defect_scale
     theta = rng.uniform(0.0, 2.0 * np.pi)
     if kind == "hole":
         radius = rng.uniform(0.3 * hub, outer - 0.02)
@@ -92,7 +99,7 @@ def _draw_defect(
             step = scale * rng.uniform(0.012, 0.03)
             px, py = px + step * np.cos(heading), py + step * np.sin(heading)
             points.append((px * size, py * size))
-        draw.line(points, fill=25, width=max(1, round(0.008 * size)))
+        draw.line(points, fill=25, width=max(1, round(0.008 * size * defect_scale)))
     elif kind == "flash":
         span = scale * rng.uniform(0.25, 0.7)
         angles = np.linspace(theta, theta + span, 24)
@@ -151,7 +158,7 @@ def make_cast_part(index: int, seed: int, config: PartConfig = PartConfig(), spl
         geometry = {"cx": centre[0], "cy": centre[1], "outer": outer, "inner": inner, "hub": hub}
         for kind in kinds:
             small = bool(defect_rng.random() < config.small_defect_rate)
-            _draw_defect(kind, defect_rng, draw, size, geometry, small)
+            _draw_defect(kind, defect_rng, draw, size, geometry, small, config.defect_scale)
         change = np.asarray(layer, dtype=np.float32)
         height = np.where(change < 5, 0.0, height)  # missing material
         height = np.where((change > 150) & (height == 0), 0.9, height)  # flash and burrs stand out of the edge

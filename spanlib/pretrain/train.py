@@ -96,6 +96,8 @@ def load_samples(cfg: Config) -> Sequence:
     """
     if not cfg.run.data:
         raise ValueError("no data: set run.data (a dataset folder) or pass samples")
+    if not isinstance(cfg.run.data, str):  # several folders pooled (the shared start)
+        return PooledSamples([load_samples(cfg.replace(**{"run.data": d})) for d in cfg.run.data])
     from spanlib.data import open_dataset
 
     if cfg.run.reader == "folder":
@@ -107,6 +109,42 @@ def load_samples(cfg: Config) -> Sequence:
     if kept:
         dataset.records, dataset.ids = kept, [r.id for r in kept]
     return dataset
+
+
+class PooledSamples(Sequence):
+    """Several datasets read as one pretraining set, in order (ids must not repeat)."""
+
+    def __init__(self, parts: Sequence[Sequence]):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.ids = [i for p in self.parts for i in (getattr(p, "ids", None) or [s.id for s in p])]
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("pooled datasets share sample ids; give each set its own ids")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[part][index - int(self.offsets[part])]
+
+
+def start_checkpoint(path: str | Path) -> Path:
+    """The checkpoint of a finished run to start from: ``path`` itself or ``path/checkpoint.pt``.
+
+    Raises:
+        FileNotFoundError: no checkpoint there, or the run has not finished.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "done.json").is_file():
+            raise FileNotFoundError(f"{path}: run.init_from names a run that has not finished (no done.json)")
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: run.init_from checkpoint not found")
+    return path
 
 
 def param_checksum(module: torch.nn.Module) -> float:
@@ -146,6 +184,7 @@ class Pretrainer:
         self.teacher = copy.deepcopy(self.student)
         for p in self.teacher.parameters():
             p.requires_grad = False
+        start_center = self._start_from(cfg.run.init_from) if cfg.run.init_from else None
         self.student_ddp: torch.nn.Module = self.student
         if self.rt.distributed:
             self.student_ddp = DistributedDataParallel(
@@ -156,6 +195,8 @@ class Pretrainer:
         self.samples = samples
         self.n_crops = 2 + self.views.n_local
         self.loss_fn = D.DINOLoss(cfg.dino, self.n_crops, cfg.optim.epochs).to(self.rt.device)
+        if start_center is not None:
+            self.loss_fn.center.copy_(start_center.to(self.rt.device))
         groups = D.param_groups(self.student)
         # foreach: one fused kernel per group instead of a Python loop over
         # parameters (PyTorch only defaults to it on CUDA)
@@ -169,6 +210,20 @@ class Pretrainer:
             raise ValueError(f"unknown optimizer {cfg.optim.optimizer!r}")
         self.step = 0
         self.log = JsonlLog(self.out / "log.jsonl", enabled=self.rt.main)
+
+    def _start_from(self, init_from: str) -> torch.Tensor:
+        """Load student and teacher (backbone and head) of a finished run; return its DINO centre."""
+        path = start_checkpoint(init_from)
+        state = load_checkpoint(path)
+        try:
+            self.student.load_state_dict(state["student"])
+            self.teacher.load_state_dict(state["teacher"])
+        except (KeyError, RuntimeError) as error:
+            raise ValueError(
+                f"{path}: run.init_from does not fit this run's model and DINO head "
+                f"(model and dino sections must match the start's): {str(error).splitlines()[0]}"
+            ) from error
+        return state["center"]
 
     # ----------------------------------------------------------------- data
     def _loader(self) -> tuple[DataLoader, EpochBatchSampler]:

@@ -1,0 +1,236 @@
+"""The book's headline numbers over seeds, and the paper's ablations.
+
+:func:`build_summary` trains (or loads) every regimen at every seed, scores it
+and writes ``runs/<preset>/summary.json``: per regimen the attention mAP and
+pointing game per organ, the linear mAUC and how far DINO's loss got below
+log K; per few-label regimen the AUC at 4, 8, 16, 32 labels and with every
+label; the shared start's report. Every number is ``{"mean", "ci95",
+"seeds"}`` (:func:`spanlib.eval.intervals.seed_interval`).
+
+:func:`build_ablations` runs the paper's two ablations on the chest films at
+one seed: the weight lambda of both terms over two orders of magnitude
+(chosen by attention mAP on the *validation* split, never the test split),
+and inclusion only / exclusion only / both, each with the raw and the
+renormalised attention.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spanlib.book.runs import RunHandle, RunKey, chapter_data, ensure_pretrained, project_root, runs_dir
+from spanlib.book.start import continues_start, final_record, has_start, loss_below_log_k, start_report
+
+FEWSHOT_BASELINES = ("random", "dino_start", "dino", "dino_cxr")
+"""Few-label baselines: untrained, the shared start frozen, DINO's own views (the paper's baseline), the chest views."""
+
+PART_SPAN_REGIMENS = ("span_triangular",)
+"""The SPAN regimens trained on parts; per seed the one with the best attention mAP is kept (the paper's protocol).
+The book trains the heuristic one only (ring maps of rim and hub), to stay in its time budget."""
+
+FEWSHOT_KEPT = "span_best"
+"""The name of the kept SPAN backbone in ``fewshot``."""
+
+TRAINED = ("dino", "dino_cxr", "span_triangular", "span_global", "span_deformable")
+"""The chest regimens that train (``random`` and ``dino_start`` are not trained)."""
+
+PART_TRAINED = tuple(r for r in FEWSHOT_BASELINES + PART_SPAN_REGIMENS if r in TRAINED)
+"""The parts regimens that train."""
+
+
+def trained_runs(preset: str, seeds: Sequence[int], data: str | None = None, parts_data: str | None = None
+                 ) -> dict[str, RunHandle]:
+    """Every trained run of :func:`build_summary` (already made), named ``"<regimen> (<dataset>, seed <s>)"``."""
+    from_start = continues_start(preset)
+    runs = {}
+    for dataset, names, own in (("chest", TRAINED, data), ("parts", PART_TRAINED, parts_data)):
+        for regimen in names:
+            for seed in seeds:
+                key = RunKey(preset, regimen, seed, dataset=dataset, data=own, from_start=from_start)
+                runs[f"{regimen} ({dataset}, seed {seed})"] = RunHandle(key.path(), project_root())
+    return runs
+
+
+def dino_gap(run) -> float | None:
+    """A trained run's final DINO loss below log K, or None for an untrained baseline."""
+    if not run.config.run.train:
+        return None
+    return loss_below_log_k(final_record(run.path), run.config.dino.out_dim)
+
+
+def _mean_map(attention: dict[str, Any]) -> float:
+    return sum(s["mAP"] for s in attention.values()) / len(attention)
+
+
+def _interval_tree(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """``[{a: {b: x}}, ...]`` over seeds -> ``{a: {b: seed_interval([x, ...])}}``; None values stay None."""
+    from spanlib.eval.intervals import seed_interval
+
+    first = per_seed[0]
+    if isinstance(first, dict):
+        return {k: _interval_tree([p[k] for p in per_seed]) for k in first}
+    if first is None:
+        return None
+    return seed_interval([float(p) for p in per_seed])
+
+
+def part_regimens(preset: str, seed: int, parts: Path, parts_data: str | None, parts_reader: str) -> dict[str, Any]:
+    """The parts runs of one seed: the baselines and the SPAN run with the best attention mAP.
+
+    The SPAN backbone is chosen by attention mAP on the parts' *training*
+    split (the pretraining images, never the test split), as the paper keeps
+    the backbone with the best attention for its few-label probe.
+
+    Returns:
+        ``{"runs": {name: RunHandle}, "kept": regimen, "kept_name": FEWSHOT_KEPT,
+        "attention": {regimen: mAP}}``.
+    """
+    from spanlib.eval.evaluate import evaluate
+
+    runs = {r: ensure_pretrained(preset, r, seed=seed, dataset="parts", data=parts_data, reader=parts_reader)
+            for r in FEWSHOT_BASELINES + PART_SPAN_REGIMENS}
+    attention = {r: _mean_map(evaluate("attention", runs[r].path, parts, reader=parts_reader, test_on="train",
+                                       out=runs[r].path / "eval" / "attention-parts-train.json")["organs"])
+                 for r in PART_SPAN_REGIMENS}
+    kept = max(attention, key=attention.get)
+    chosen = {r: runs[r] for r in FEWSHOT_BASELINES}
+    chosen[FEWSHOT_KEPT] = runs[kept]
+    return {"runs": chosen, "kept": kept, "kept_name": FEWSHOT_KEPT, "attention": attention}
+
+
+def build_summary(
+    preset: str,
+    seeds: Sequence[int] = (0, 1, 2),
+    data: str | None = None,
+    reader: str = "folder",
+    maps_from: str | None = None,
+    eval_data: str | None = None,
+    eval_reader: str = "folder",
+    select_on: str | None = None,
+    parts_data: str | None = None,
+    parts_reader: str = "folder",
+) -> dict[str, Any]:
+    """Every regimen's results over seeds: ``{"mean", "ci95", "seeds"}`` per number (``ci95`` None for one seed).
+
+    Trains or loads each run (cached) and evaluates it (features cached);
+    values in percent, DINO's loss gap in nats. Written to
+    ``runs/<preset>/summary.json`` (for a user's ``data``:
+    ``runs/<preset>/data-<name>/summary.json``).
+
+    Args:
+        data, reader, maps_from: the chest pretraining set (default: the
+            generated phantoms), as :func:`ensure_pretrained` takes them.
+        eval_data, eval_reader: the annotated set attention is scored on
+            (default: ``data``).
+        select_on: where a baseline's head is chosen when the evaluation set
+            has no validation split.
+        parts_data, parts_reader: the inspection set (default: the generated parts).
+    """
+    from spanlib.core.configs import REGIMENS
+    from spanlib.data import open_dataset
+    from spanlib.eval.evaluate import evaluate
+
+    chest, reader = chapter_data(preset, "chest", data, reader)
+    scored, eval_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
+    parts, parts_reader = chapter_data(preset, "parts", parts_data, parts_reader)
+
+    regimens: dict[str, dict] = {}
+    for regimen in REGIMENS:
+        per_seed = []
+        for seed in seeds:
+            run = ensure_pretrained(preset, regimen, seed=seed, data=data, reader=reader, maps_from=maps_from)
+            att = evaluate("attention", run.path, scored, reader=eval_reader, select_on=select_on)["organs"]
+            lin = evaluate("linear", run.path, chest, seed=seed, reader=reader)
+            per_seed.append({"attention_mAP": {o: s["mAP"] for o, s in att.items()},
+                             "pointing": {o: s["pointing"] for o, s in att.items()},
+                             "linear_mAUC": lin["mAUC"], "dino_loss_below_log_k": dino_gap(run)})
+        regimens[regimen] = _interval_tree(per_seed)
+
+    fewshot_seeds, kept = [], {}
+    for seed in seeds:
+        chosen = part_regimens(preset, seed, parts, parts_data, parts_reader)
+        kept[str(seed)] = chosen["kept"]
+        row = {}
+        for name, run in chosen["runs"].items():
+            few = evaluate("fewshot", run.path, parts, seed=seed, reader=parts_reader)
+            every = evaluate("linear", run.path, parts, seed=seed, reader=parts_reader)
+            row[name] = {**{str(n): s["mean"] for n, s in few["sizes"].items()}, "all": every["mAUC"]}
+        fewshot_seeds.append(row)
+    meta = open_dataset(reader, chest).meta
+    summary = {
+        "data": "synthetic" if meta.get("synthetic") else "real",
+        "data_description": meta.get("description", ""),
+        "preset": preset,
+        "seeds": list(seeds),
+        "units": "percent (dino_loss_below_log_k: nats)",
+        "pretrained_start": start_report(preset) if has_start(preset) else None,
+        "regimens": regimens,
+        "fewshot": _interval_tree(fewshot_seeds),
+        "fewshot_kept": kept,
+    }
+    out = (runs_dir(preset) / f"data-{chest.name}" if data else runs_dir(preset)) / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+TERMS = ("both", "inclusion", "exclusion")
+"""SPAN's terms in the appendix ablation."""
+
+
+def ablation_settings(preset: str) -> dict[str, Any]:
+    """The preset's ``ablations`` section: ``regimen``, ``lambdas``, ``seed``, ``epochs`` (None: the preset's)."""
+    from spanlib.core.configs import load_preset
+
+    section = load_preset(preset).get("ablations")
+    if not section:
+        raise ValueError(f"preset {preset!r} has no 'ablations' section (regimen, lambdas, seed)")
+    return {"regimen": "span_deformable", "seed": 0, "epochs": None, **section}
+
+
+def build_ablations(preset: str) -> dict[str, Any]:
+    """The lambda sweep and the inclusion/exclusion ablation, scored on validation and test.
+
+    Returns (also written to ``runs/<preset>/ablations.json``)::
+
+        {"regimen", "seed",
+         "lambda": [{"lambda", "val_mAP", "test_mAP": {organ}, "pointing": {organ}, "dino_loss_below_log_k"}],
+         "lambda_chosen": the lambda with the best val_mAP,
+         "terms": [{"terms", "renormalize", "val_mAP", "test_mAP": {organ}, ...}]}
+
+    The terms rows use the preset's lambda, so that "both, renormalised" is
+    the headline run itself; the sweep's choice is reported beside them.
+    """
+    from spanlib.core.configs import resolve
+    from spanlib.eval.evaluate import evaluate
+
+    settings = ablation_settings(preset)
+    regimen, seed = settings["regimen"], int(settings["seed"])
+    chest, _ = chapter_data(preset, "chest")
+
+    def scored(**key: Any) -> dict[str, Any]:
+        run = ensure_pretrained(preset, regimen, seed=seed, **key)
+        val = evaluate("attention", run.path, chest, test_on="val", out=run.path / "eval" / "attention-val.json")
+        test = evaluate("attention", run.path, chest)
+        return {"val_mAP": _mean_map(val["organs"]),
+                "test_mAP": {o: s["mAP"] for o, s in test["organs"].items()},
+                "pointing": {o: s["pointing"] for o, s in test["organs"].items()},
+                "dino_loss_below_log_k": dino_gap(run)}
+
+    default = resolve(preset, regimen).span
+    epochs = settings.get("epochs")
+    lambdas = [float(v) for v in settings["lambdas"]]
+    # the same run keys as the Makefile's ablation sweeps: lambda explicit, terms and renormalize explicit
+    sweep = [{"lambda": lam, **scored(lambda_span=lam, epochs=epochs)} for lam in lambdas]
+    chosen = max(sweep, key=lambda row: row["val_mAP"])["lambda"]
+    terms = [{"terms": t, "renormalize": r, **scored(terms=t, renormalize=r, epochs=epochs)}
+             for t in TERMS for r in (True, False)]
+    result = {"regimen": regimen, "seed": seed, "epochs": epochs, "preset_lambda": default.lambda_inclusion,
+              "lambda": sweep, "lambda_chosen": chosen, "terms": terms}
+    out = runs_dir(preset) / "ablations.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,69 @@
+"""The results chapter's summary over seeds and the paper's ablations, on the smoke preset."""
+
+import json
+
+import pytest
+
+from spanlib.book.runs import runs_dir
+from spanlib.book.summary import FEWSHOT_KEPT, build_ablations, build_summary, trained_runs
+from spanlib.core.configs import REGIMENS
+from spanlib.figures import tables
+
+SEEDS = (0, 1, 2)  # the results chapter's n_seeds: its smoke run and this test share the runs
+
+
+def _interval(v):
+    return isinstance(v, dict) and set(v) == {"mean", "ci95", "seeds"} and len(v["seeds"]) == len(SEEDS)
+
+
+@pytest.fixture(scope="module")
+def summary():
+    return build_summary("smoke", seeds=SEEDS)
+
+
+def test_summary_keeps_its_schema_with_intervals_over_seeds(summary):
+    assert json.loads((runs_dir("smoke") / "summary.json").read_text()) == summary
+    assert list(summary["regimens"]) == list(REGIMENS)
+    for regimen, res in summary["regimens"].items():
+        assert set(res["attention_mAP"]) == {"left_lung", "right_lung", "heart"}
+        assert all(_interval(v) for v in res["attention_mAP"].values())
+        assert all(_interval(v) and 0 <= v["mean"] <= 100 for v in res["pointing"].values())
+        assert _interval(res["linear_mAUC"])
+        lo, hi = res["linear_mAUC"]["ci95"]
+        assert lo <= res["linear_mAUC"]["mean"] <= hi
+        gap = res["dino_loss_below_log_k"]
+        assert (gap is None) == (regimen in ("random", "dino_start")), regimen
+    for name, sizes in summary["fewshot"].items():
+        assert set(sizes) >= {"4", "all"} and all(_interval(v) for v in sizes.values()), name
+    assert FEWSHOT_KEPT in summary["fewshot"] and "dino" in summary["fewshot"]
+    assert set(summary["fewshot_kept"]) == {str(s) for s in SEEDS}
+    start = summary["pretrained_start"]
+    assert start["steps"] > 0 and start["log_k"] > 0
+    assert start["loss_below_log_k"] == pytest.approx(start["log_k"] - start["dino_loss"])
+    assert 0 <= start["knn_accuracy"] <= 100 and start["knn_chance"] == pytest.approx(10.0)
+
+
+def test_summary_tables_show_every_interval(summary):
+    table = tables.summary_interval_table(summary)
+    assert list(table.index) == list(REGIMENS)
+    cell = table.loc["span_triangular", "attention_mAP heart"]
+    assert cell.count("[") == 1 and cell.startswith(f"{summary['regimens']['span_triangular']['attention_mAP']['heart']['mean']:.1f}")
+    few = tables.summary_fewshot_table(summary)
+    assert list(few.index)[-1] == "all"
+    assert "k-NN accuracy, shared start (%)" in tables.start_table(summary["pretrained_start"]).index
+    runs = trained_runs("smoke", SEEDS)
+    assert len(runs) == (5 + 3) * len(SEEDS) and all(r.summary for r in runs.values())
+
+
+def test_ablations_choose_lambda_on_validation_and_cover_every_term_setting():
+    result = build_ablations("smoke")
+    assert [row["lambda"] for row in result["lambda"]] == [0.05, 0.5, 5.0, 50.0]
+    best = max(result["lambda"], key=lambda row: row["val_mAP"])
+    assert result["lambda_chosen"] == best["lambda"]
+    assert {(r["terms"], r["renormalize"]) for r in result["terms"]} == {
+        (t, r) for t in ("both", "inclusion", "exclusion") for r in (True, False)}
+    names = {p.name for p in (runs_dir("smoke") / "span_triangular").iterdir()}
+    assert {"seed0-epochs1-inclusion-raw-from-start", "seed0-lambda0.05-epochs1-from-start"} <= names
+    assert len(tables.lambda_table(result)) == 4 and len(tables.terms_table(result)) == 6
+    reading = tables.ablation_reading(result)
+    assert f"lambda = {result['lambda_chosen']:g}" in reading
