@@ -226,8 +226,15 @@ def build_ablations(preset: str) -> dict[str, Any]:
     # the same run keys as the Makefile's ablation sweeps: lambda explicit, terms and renormalize explicit
     sweep = [{"lambda": lam, **scored(lambda_span=lam, epochs=epochs)} for lam in lambdas]
     chosen = max(sweep, key=lambda row: row["val_mAP"])["lambda"]
-    terms = [{"terms": t, "renormalize": r, **scored(terms=t, renormalize=r, epochs=epochs)}
-             for t in TERMS for r in (True, False)]
+    by_lambda = {row["lambda"]: row for row in sweep}
+
+    def term_row(t: str, r: bool) -> dict[str, Any]:
+        if t == "both" and r == default.renormalize and default.lambda_inclusion in by_lambda:
+            same = by_lambda[default.lambda_inclusion]  # the sweep's run at the preset's lambda is this setting
+            return {k: v for k, v in same.items() if k != "lambda"}
+        return scored(terms=t, renormalize=r, epochs=epochs)
+
+    terms = [{"terms": t, "renormalize": r, **term_row(t, r)} for t in TERMS for r in (True, False)]
     result = {"regimen": regimen, "seed": seed, "epochs": epochs, "preset_lambda": default.lambda_inclusion,
               "lambda": sweep, "lambda_chosen": chosen, "terms": terms}
     out = runs_dir(preset) / "ablations.json"
