@@ -71,6 +71,23 @@ def test_masks_lie_inside_the_body(films: list) -> None:
         assert film.image[lungs].mean() < film.image[ring].mean()
 
 
+def test_anatomy_varies_enough_that_a_fixed_triangle_is_often_wrong() -> None:
+    """Pose (size, tilt, position) and anatomy (heart size, domes) vary from film to film: the
+    paper's fixed triangles fit some films and miss others, which is what separates the map kinds."""
+    from spanlib.maps.heuristic import triangular_maps
+    from spanlib.maps.quality import dice
+
+    films = [make_chest_phantom(i, 3, ChestConfig(image_size=64)) for i in range(60)]
+    triangles = triangular_maps(64, 64, CHEST_ORGANS)
+    scores = np.array([[dice(triangles[k], f.masks[o]) for k, o in enumerate(CHEST_ORGANS)] for f in films])
+    assert (scores.min(axis=1) < 0.5).mean() >= 0.2  # on at least a fifth of the films an organ's triangle is wrong
+    assert scores.max() > 0.75  # and it fits some films well
+    centres = np.array([np.argwhere(f.masks["heart"]).mean(axis=0) for f in films])
+    assert centres.std(axis=0).min() > 2.0  # the heart moves by pixels, in both directions
+    areas = np.array([f.masks["heart"].sum() for f in films])
+    assert areas.max() > 1.8 * areas.min()
+
+
 def test_left_lung_is_on_the_image_right(films: list) -> None:
     middle = 96 / 2
     for film in films:
@@ -78,7 +95,7 @@ def test_left_lung_is_on_the_image_right(films: list) -> None:
         right = np.nonzero(film.masks["right_lung"])[1].mean()
         heart = np.nonzero(film.masks["heart"])[1].mean()
         assert right < middle < left
-        assert heart > middle - 3  # the heart bulges toward the patient's left
+        assert heart > (left + right) / 2 - 2  # the heart bulges toward the patient's left, wherever the patient stands
 
 
 def test_label_prevalence_and_co_occurrence() -> None:
@@ -147,4 +164,5 @@ def test_labels_depend_on_the_organs() -> None:
     auc_whole = _probe_mauc(np.array(whole), labels)
     print(f"linear-probe mAUC: organs {auc_inside:.3f}, outside organs {auc_outside:.3f}, whole film {auc_whole:.3f}")
     assert auc_inside > auc_outside + 0.05, (auc_inside, auc_outside)
-    assert 0.6 < auc_whole < 0.95, auc_whole  # learnable, but not solved by a linear probe on pixels
+    # above chance, but not solved by a linear probe on pixels: the pose moves the organs from film to film
+    assert 0.55 < auc_whole < 0.95, auc_whole

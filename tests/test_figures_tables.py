@@ -140,3 +140,25 @@ def test_ordering_lines_claim_an_order_only_where_intervals_separate():
     assert "linear mAUC" in several
     one = tables.ordering_lines(_summary(1))
     assert one.count("no ordering is claimed") == 3
+
+
+def test_map_quality_sets_dice_beside_attention_and_reads_only_separated_intervals():
+    from spanlib.eval.intervals import seed_interval
+
+    def value(m):
+        return seed_interval([m - 1.0, m, m + 1.0])
+
+    summary = {"regimens": {"span_triangular": {"attention_mAP": {"heart": value(40.0), "lung": value(50.0)}},
+                            "span_global": {"attention_mAP": {"heart": value(41.0), "lung": value(52.0)}},
+                            "span_deformable": {"attention_mAP": {"heart": value(60.0), "lung": value(51.0)}}},
+               "knowledge_map_dice": {"triangular": {"heart": 55.0, "lung": 60.0},
+                                      "global": {"heart": 62.0, "lung": 70.0},
+                                      "deformable": {"heart": 85.0, "lung": 90.0}}}
+    table = tables.map_quality_table(summary)
+    assert list(table.index) == ["triangular", "global", "deformable"]
+    assert table.loc["deformable", "Dice mean"] == 87.5 and table.loc["triangular", "Dice heart"] == 55.0
+    assert table.loc["deformable", "attention mAP heart"].startswith("60.0 [")
+    text = tables.map_quality_reading(summary)
+    assert "`deformable` (87.5) > `global` (66.0) > `triangular` (57.5)" in text
+    assert "heart attention mAP: `span_deformable` is above `span_triangular` by 20.0, and the 95% intervals separate" in text
+    assert "lung attention mAP: `span_deformable` 1.0 above `span_triangular`, but the 95% intervals overlap" in text

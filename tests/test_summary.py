@@ -41,6 +41,11 @@ def test_summary_keeps_its_schema_with_intervals_over_seeds(summary):
     assert start["steps"] > 0 and start["log_k"] > 0
     assert start["loss_below_log_k"] == pytest.approx(start["log_k"] - start["dino_loss"])
     assert 0 <= start["knn_accuracy"] <= 100 and start["knn_chance"] == pytest.approx(10.0)
+    dice = summary["knowledge_map_dice"]
+    assert set(dice) == {"triangular", "global", "deformable"}
+    assert all(set(d) == {"left_lung", "right_lung", "heart"} and all(0 <= v <= 100 for v in d.values())
+               for d in dice.values())
+    assert dice["deformable"]["heart"] > dice["triangular"]["heart"]  # registration follows the pose; a triangle cannot
 
 
 def test_summary_tables_show_every_interval(summary):
@@ -51,6 +56,7 @@ def test_summary_tables_show_every_interval(summary):
     few = tables.summary_fewshot_table(summary)
     assert list(few.index)[-1] == "all"
     assert "k-NN accuracy, shared start (%)" in tables.start_table(summary["pretrained_start"]).index
+    assert list(tables.map_quality_table(summary).index) == ["triangular", "global", "deformable"]
     runs = trained_runs("smoke", SEEDS)
     assert len(runs) == (5 + 3) * len(SEEDS) and all(r.summary for r in runs.values())
 

@@ -4,7 +4,8 @@
 and writes ``runs/<preset>/summary.json``: per regimen the attention mAP and
 pointing game per organ, the linear mAUC and how far DINO's loss got below
 log K; per few-label regimen the AUC at 4, 8, 16, 32 labels and with every
-label; the shared start's report. Every number is ``{"mean", "ci95",
+label; each kind of knowledge map's Dice against the true masks; the shared
+start's report. Every number is ``{"mean", "ci95",
 "seeds"}`` (:func:`spanlib.eval.intervals.seed_interval`).
 
 :func:`build_ablations` runs the paper's two ablations on the chest films at
@@ -101,6 +102,34 @@ def part_regimens(preset: str, seed: int, parts: Path, parts_data: str | None, p
     return {"runs": chosen, "kept": kept, "kept_name": FEWSHOT_KEPT, "attention": attention}
 
 
+MAP_KINDS = ("triangular", "global", "deformable")
+"""The three kinds of knowledge map, each the prior of regimen ``span_<kind>``."""
+
+
+def map_dice(preset: str, chest: Path, reader: str, maps_dir: Path, maps_from: str | None = None
+             ) -> dict[str, dict[str, float]] | None:
+    """Dice (percent) of each kind of knowledge map against the true masks of the test films, per organ.
+
+    The maps are the ones the ``span_<kind>`` runs trained with (built once,
+    cached in ``maps_dir/<kind>``). None when the test films carry no organ masks.
+    """
+    from spanlib.book.runs import ensure_maps
+    from spanlib.data import open_dataset
+    from spanlib.eval.sets import split_of
+    from spanlib.maps.quality import dice_scores
+    from spanlib.maps.store import load_knowledge_maps
+
+    test = split_of(open_dataset(reader, chest), "test")
+    out = {}
+    for kind in MAP_KINDS:
+        maps = load_knowledge_maps(ensure_maps(kind, chest, maps_dir / kind, reader=reader, maps_from=maps_from))
+        scores = dice_scores(maps, test, skip_missing=True)
+        if not all(scores.values()):
+            return None
+        out[kind] = {organ: 100.0 * sum(v) / len(v) for organ, v in scores.items()}
+    return out
+
+
 def build_summary(
     preset: str,
     seeds: Sequence[int] = (0, 1, 2),
@@ -160,6 +189,7 @@ def build_summary(
             row[name] = {**{str(n): s["mean"] for n, s in few["sizes"].items()}, "all": every["mAUC"]}
         fewshot_seeds.append(row)
     meta = open_dataset(reader, chest).meta
+    root = runs_dir(preset) / f"data-{chest.name}" if data else runs_dir(preset)
     summary = {
         "data": "synthetic" if meta.get("synthetic") else "real",
         "data_description": meta.get("description", ""),
@@ -170,8 +200,9 @@ def build_summary(
         "regimens": regimens,
         "fewshot": _interval_tree(fewshot_seeds),
         "fewshot_kept": kept,
+        "knowledge_map_dice": map_dice(preset, chest, reader, root / "maps", maps_from),
     }
-    out = (runs_dir(preset) / f"data-{chest.name}" if data else runs_dir(preset)) / "summary.json"
+    out = root / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -39,7 +39,7 @@ from spanlib.data.phantoms import ChestConfig, make_chest_phantom
 from spanlib.data.presets import KINDS, data_preset
 from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS, SPLITS, DataError, Sample
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bump when a generator changes its output, so cached data is regenerated."""
 
 _COST = {"chest": 1.0, "parts": 0.2, "digits": 0.03}

@@ -128,48 +128,71 @@ def _smooth_field(rng: np.random.Generator, size: int, amplitude: float, order: 
     return basis @ coefficients @ basis.T
 
 
-def _canonical(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical coordinates of every pixel under a random pose and a smooth deformation."""
+def _canonical(rng: np.random.Generator, size: int, outline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical coordinates of every pixel under a random pose and a smooth deformation.
+
+    The pose is the patient's: size (a scale per axis), tilt (a rotation up to
+    12 degrees) and position (a shift), drawn and then limited so that the
+    canonical ``outline`` of the lung fields (:func:`_outline`) stays
+    inside the film: the scale shrinks when the outline cannot fit, the shift
+    is clipped when it would push it out. Always the same draws from ``rng``.
+    """
     gx, gy = _grid(size)
-    scale = np.clip(rng.normal(1.0, 0.045, 2), 0.9, 1.1)
-    angle = np.deg2rad(np.clip(rng.normal(0.0, 2.5), -7.0, 7.0))
-    shift = np.clip(rng.normal(0.0, 0.035, 2), -0.08, 0.08)
+    scale = np.clip(rng.normal(0.94, 0.12, 2), 0.7, 1.2)
+    angle = np.deg2rad(np.clip(rng.normal(0.0, 6.0), -12.0, 12.0))
+    shift = np.clip(rng.normal(0.0, 0.15, 2), -0.3, 0.3)
+    warp_x, warp_y = _smooth_field(rng, size, 0.015), _smooth_field(rng, size, 0.015)
     cos, sin = np.cos(angle), np.sin(angle)
+    # of the half-frame, less a grid cell and what the smooth deformation may add
+    limit = 0.93 - float(scale.max() * max(np.abs(warp_x).max(), np.abs(warp_y).max()))
+    placed = (outline * scale) @ np.array([[cos, sin], [-sin, cos]])  # before the shift
+    low, high = placed.min(axis=0), placed.max(axis=0)
+    fit = min(1.0, float(np.min(2.0 * limit / (high - low))))
+    scale, low, high = scale * fit, low * fit, high * fit
+    shift = np.clip(shift, -limit - low, limit - high)
     px, py = gx - shift[0], gy - shift[1]
-    x = (cos * px + sin * py) / scale[0] + _smooth_field(rng, size, 0.015)
-    y = (-sin * px + cos * py) / scale[1] + _smooth_field(rng, size, 0.015)
+    x = (cos * px + sin * py) / scale[0] + warp_x
+    y = (-sin * px + cos * py) / scale[1] + warp_y
     return x.astype(np.float32), y.astype(np.float32)
 
 
 def _anatomy(rng: np.random.Generator, labels: dict[str, float], severity: np.ndarray) -> dict[str, float]:
-    """Per-film shape parameters; findings that change anatomy are applied here."""
+    """Per-film shape parameters; findings that change anatomy are applied here.
+
+    Lungs vary in width, length and position, the domes with the depth of
+    inspiration (both together) and each on its own; the heart sits on the
+    diaphragm and varies in size, position and tilt. An enlarged heart grows
+    by 25 to 55 percent in its long axis with severity.
+    """
     n = rng.normal
+    inspiration = n(0, 0.045)  # deeper breath: lower domes, longer lungs
     a = {
-        "lung_cx": 0.40 + n(0, 0.015),
-        "lung_cy": -0.02 + n(0, 0.02),
-        "lung_ax": 0.34 + n(0, 0.015),
-        "lung_ay": 0.72 + n(0, 0.025),
-        "dome_r": 0.61 + n(0, 0.03),
-        "dome_l": 0.65 + n(0, 0.03),
-        "dome_h": 0.21 + n(0, 0.02),
-        "medi": 0.085 + n(0, 0.008),
-        "heart_x": 0.12 + n(0, 0.02),
-        "heart_y": 0.27 + n(0, 0.02),
-        "heart_a": 0.33 + n(0, 0.012),
-        "heart_b": 0.25 + n(0, 0.01),
-        "heart_tilt": -0.5 + n(0, 0.06),
-        "heart_scale": float(np.clip(n(1.0, 0.06), 0.86, 1.14)),
+        "lung_cx": 0.40 + n(0, 0.035),
+        "lung_cy": -0.02 + n(0, 0.04) + 0.5 * inspiration,
+        "lung_ax": 0.34 + n(0, 0.04),
+        "lung_ay": 0.72 + n(0, 0.05) + 0.5 * inspiration,
+        "dome_r": 0.61 + n(0, 0.035) + inspiration,
+        "dome_l": 0.65 + n(0, 0.035) + inspiration,
+        "dome_h": 0.21 + n(0, 0.03),
+        "medi": 0.085 + n(0, 0.012),
+        "heart_x": 0.12 + n(0, 0.035),
+        "heart_y": 0.27 + n(0, 0.03) + 0.7 * inspiration,
+        "heart_a": 0.33 + n(0, 0.025),
+        "heart_b": 0.25 + n(0, 0.018),
+        "heart_tilt": -0.5 + n(0, 0.12),
+        "heart_scale": float(np.clip(n(1.0, 0.07), 0.86, 1.16)),
         "rib_y0": -0.80 + n(0, 0.02),
         "rib_step": 0.125 + n(0, 0.004),
         "soft": 0.9 + n(0, 0.05),
         "breast": float(rng.random() < 0.4),
         "bubble": float(rng.random() < 0.6),
     }
+    a["dome_h"] = max(a["dome_h"], 0.1)
     if labels["Cardiomegaly"]:
-        growth = 1.1 + 0.25 * severity[1]
+        growth = 1.25 + 0.3 * severity[1]
         a["heart_scale"] = growth
-        a["heart_x"] += 0.05 * (growth - 1.0)
-        a["heart_y"] += 0.04 * (growth - 1.0)
+        a["heart_x"] += 0.1 * (growth - 1.0)
+        a["heart_y"] += 0.05 * (growth - 1.0)
     return {key: float(value) for key, value in a.items()}  # Python floats keep arrays float32
 
 
@@ -212,6 +235,19 @@ def _organs(x: np.ndarray, y: np.ndarray, a: dict[str, float], raise_side: dict[
         "abdomen": abdomen,
         "lung_fields": field_r | field_l,  # lungs including the part behind the heart
     }
+
+
+def _outline(a: dict[str, float]) -> np.ndarray:
+    """Canonical points ``[k, 2]`` of the lung fields, on a coarse grid (cells of 0.025).
+
+    The fields as they are before any finding (no raised dome); the heart lies
+    between them, enlarged or not. So the pose fitted to this outline is the same
+    with and without a finding, and a finding changes only its organ's pixels.
+    """
+    gx, gy = _grid(96)
+    gx, gy = 1.2 * gx, 1.2 * gy
+    fields = _organs(gx, gy, a, {"left": 0.0, "right": 0.0})["lung_fields"]
+    return np.stack([gx[fields], gy[fields]], axis=1)
 
 
 def _body(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -401,7 +437,7 @@ def make_chest_phantom(index: int, seed: int, config: ChestConfig = ChestConfig(
     atel_side = "left" if rng.random() < 0.5 else "right"
     if labels["Atelectasis"]:
         raise_side[atel_side] = 0.03 + 0.06 * severity[0]
-    x, y = _canonical(rng, size)
+    x, y = _canonical(rng, size, _outline(a))
     organs = _organs(x, y, a, raise_side)
     if not (organs["left_lung"].any() and organs["right_lung"].any() and organs["heart"].any()):
         raise RuntimeError(f"degenerate phantom (seed {seed}, index {index}); the anatomy ranges need fixing")

@@ -180,6 +180,11 @@ def attention_ranking(summary: Mapping[str, Any], paper: Mapping[str, Mapping[st
     )
 
 
+def _entry(v: Any) -> dict[str, Any]:
+    """A summary number as ``{"mean", "ci95", "seeds"}`` (a bare value: one seed, no interval)."""
+    return v if isinstance(v, Mapping) and "seeds" in v else {"mean": summary_value(v), "ci95": None, "seeds": [v]}
+
+
 def ordering_lines(summary: Mapping[str, Any], baselines: Sequence[str] = ("dino_start", "dino", "dino_cxr")) -> str:
     """The best SPAN regimen against the best baseline, per organ and for the linear probe (Markdown).
 
@@ -188,9 +193,7 @@ def ordering_lines(summary: Mapping[str, Any], baselines: Sequence[str] = ("dino
     """
     from spanlib.eval.intervals import compare
 
-    def entry(v: Any) -> dict[str, Any]:
-        return v if isinstance(v, Mapping) and "seeds" in v else {"mean": summary_value(v), "ci95": None, "seeds": [v]}
-
+    entry = _entry
     regimens = summary["regimens"]
     spans = [r for r in regimens if r.startswith("span_")]
     lines = []
@@ -251,6 +254,51 @@ def summary_interval_table(summary: Mapping[str, Any], section: str = "regimens"
                 row[metric] = interval_text(value, 2 if metric == "dino_loss_below_log_k" else 1)
         rows[regimen] = row
     return pd.DataFrame(rows).T
+
+
+def map_quality_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """Per kind of knowledge map: its Dice against the true masks beside its SPAN run's attention mAP, per organ.
+
+    Dice is of the map itself (one number per organ over the test films);
+    attention mAP is the ``span_<kind>`` run's, ``mean [95% interval]`` over seeds.
+    """
+    rows = {}
+    for kind, dice in summary["knowledge_map_dice"].items():
+        attention = summary["regimens"][f"span_{kind}"]["attention_mAP"]
+        row = {f"Dice {o}": round(v, 1) for o, v in dice.items()}
+        row["Dice mean"] = round(sum(dice.values()) / len(dice), 1)
+        row.update({f"attention mAP {o}": interval_text(attention[o]) for o in dice})
+        rows[kind] = row
+    table = pd.DataFrame(rows).T
+    table.index.name = "knowledge map"
+    return table
+
+
+def map_quality_reading(summary: Mapping[str, Any]) -> str:
+    """Whether the map that fits the organs best also gives the best attention (Markdown).
+
+    The kinds are ordered by mean Dice; the attention mAP of the best- and the
+    worst-fitting kind's SPAN runs are compared per organ, an ordering claimed
+    only where the seeds' intervals separate (:func:`spanlib.eval.intervals.compare`).
+    """
+    from spanlib.eval.intervals import compare
+
+    dice = summary["knowledge_map_dice"]
+    mean_dice = {k: sum(v.values()) / len(v) for k, v in dice.items()}
+    order = sorted(mean_dice, key=mean_dice.get, reverse=True)
+    best, worst = order[0], order[-1]
+    regimens = summary["regimens"]
+    lines = [
+        "By mean Dice against the true organs the maps rank "
+        + " > ".join(f"`{k}` ({mean_dice[k]:.1f})" for k in order)
+        + f". Does the better prior give better attention? `span_{best}` against `span_{worst}`:",
+        "",
+    ]
+    for organ in dice[best]:
+        lines.append("- " + compare(f"`span_{best}`", _entry(regimens[f"span_{best}"]["attention_mAP"][organ]),
+                                    f"`span_{worst}`", _entry(regimens[f"span_{worst}"]["attention_mAP"][organ]),
+                                    f"{organ} attention mAP"))
+    return "\n".join(lines)
 
 
 def start_table(report: Mapping[str, Any]) -> pd.DataFrame:
