@@ -1,7 +1,7 @@
 """Benchmark: fast batched b-spline registration vs a plain SimpleITK reference.
 
-``python -m spanlib bench register [--json]`` draws chest phantoms (the
-book's 256-pixel films), registers one exemplar onto ``--n`` of them with the
+``python -m spanlib bench register [--json]`` draws chest phantoms
+(256-pixel films by default), registers one exemplar onto ``--n`` of them with the
 batched torch method (one single-threaded worker process per core, batches
 of images) and onto ``--ref-n`` of them with SimpleITK's multi-resolution
 b-spline registration at full resolution (same worker layout), and scores
@@ -155,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--ref-n", type=int, default=4, help="phantoms registered by the reference per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (speeds: median over rounds)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes, one thread each")
-    parser.add_argument("--image-size", type=int, default=256, help="phantom size (the book's films: 256)")
+    parser.add_argument("--image-size", type=int, default=256, help="phantom size (default 256, a CheXpert film resized for registration)")
     parser.add_argument("--map-size", type=int, default=256,
                         help="size the masks are warped to (Dice is scored at the phantom size)")
     parser.add_argument("--chunk", type=int, default=32, help="images per batch of the fast method")

@@ -255,7 +255,13 @@ def build_ablations(preset: str) -> dict[str, Any]:
     epochs = settings.get("epochs")
     lambdas = [float(v) for v in settings["lambdas"]]
     # the same run keys as the Makefile's ablation sweeps: lambda explicit, terms and renormalize explicit
-    sweep = [{"lambda": lam, **scored(lambda_span=lam, epochs=epochs)} for lam in lambdas]
+    headline = default.lambda_inclusion == default.lambda_exclusion and epochs is None
+
+    def lambda_key(lam: float) -> float | None:
+        """None (the headline run itself) for the preset's own lambda at the preset's epochs."""
+        return None if headline and lam == default.lambda_inclusion else lam
+
+    sweep = [{"lambda": lam, **scored(lambda_span=lambda_key(lam), epochs=epochs)} for lam in lambdas]
     chosen = max(sweep, key=lambda row: row["val_mAP"])["lambda"]
     by_lambda = {row["lambda"]: row for row in sweep}
 
