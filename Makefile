@@ -53,26 +53,32 @@ SEEDS := 0,1,2
 # the ablations of the results chapter (the book preset's `ablations` section, span_triangular at seed 0,
 # the headline runs' length); lambda 50 with both terms renormalised is the headline run itself
 ABLATION_LAMBDAS := 0.5,5,500
-SWEEP := OMP_NUM_THREADS=1 $(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book
+SWEEP := OMP_NUM_THREADS=1 $(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --param score=true
 
-# The book: data, the shared start, then every run through papermill (each run
-# cached on disk) in two streams at once, one core each: the chest regimens at
-# every seed; the cast parts at every seed, then the ablations. Then Jupyter
-# Book executes the chapters (cached by jupyter-cache) and builds the HTML
-# with warnings as errors.
+# The book: data, then two streams at once, one core each. One trains the chest
+# regimens at every seed and the lambda sweep; the other the shared start, the
+# cast parts at every seed and the terms ablation. Every run goes through
+# papermill (notebook 03, cached on disk) and is scored as it is trained
+# (`score`); each stream ends by executing one of the two study chapters once,
+# which caches their training. Then Jupyter Book executes the chapters (cached
+# by jupyter-cache, reading what the streams left) and builds the HTML with
+# warnings as errors.
+STUDY := OMP_NUM_THREADS=1 $(PY) -m spanlib sweep --preset book --param seed=0
 book: $(STAMP) digits
 	$(PY) -m spanlib data make --preset book --out data/generated/book --quiet
-	$(PY) -m spanlib start --preset book
 	rc=0; \
-	$(SWEEP) --param regimen=$(TRAINED) --param seed=$(SEEDS) & chest=$$!; \
-	{ $(SWEEP) --param regimen=$(PART_REGIMENS) --param seed=$(SEEDS) --param dataset=parts \
-		--out runs/book/sweeps/03_pretraining-parts \
+	{ $(SWEEP) --param regimen=$(TRAINED) --param seed=$(SEEDS) \
 	  && $(SWEEP) --param regimen=span_triangular --param lambda_span=$(ABLATION_LAMBDAS) \
 		--out runs/book/sweeps/03_pretraining-lambda \
+	  && $(STUDY) --notebook notebooks/10_attention_shapes.md; } & chest=$$!; \
+	{ OMP_NUM_THREADS=1 $(PY) -m spanlib start --preset book \
+	  && $(SWEEP) --param regimen=$(PART_REGIMENS) --param seed=$(SEEDS) --param dataset=parts \
+		--out runs/book/sweeps/03_pretraining-parts \
 	  && $(SWEEP) --param regimen=span_triangular --param terms=inclusion,exclusion \
 		--param renormalize=true,false --out runs/book/sweeps/03_pretraining-terms \
 	  && $(SWEEP) --param regimen=span_triangular --param terms=both --param renormalize=false \
-		--out runs/book/sweeps/03_pretraining-terms-raw; } & other=$$!; \
+		--out runs/book/sweeps/03_pretraining-terms-raw \
+	  && $(STUDY) --notebook notebooks/09_refine_represent.md; } & other=$$!; \
 	wait $$chest || rc=1; wait $$other || rc=1; exit $$rc
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 

@@ -80,3 +80,24 @@ def test_baseline_picks_head_on_validation(smoke_run, tmp_path):
     pretrain(cfg, tmp_path / "dino")
     result = evaluate("attention", tmp_path / "dino", paths["chest"])
     assert all(r["head_chosen"] == "best on validation" for r in result["organs"].values())
+
+
+def test_the_same_evaluation_is_answered_from_its_result_file(smoke_run, tmp_path, monkeypatch):
+    import os
+
+    import spanlib.eval.evaluate as E
+
+    run, paths = smoke_run
+    out = tmp_path / "linear.json"
+    first = evaluate("linear", run, paths["chest"], seed=1, out=out)
+    calls = []
+    real = E.load_backbone
+    monkeypatch.setattr(E, "load_backbone", lambda r: calls.append(r) or real(r))
+    again = evaluate("linear", run, paths["chest"], seed=1, out=out)
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True) and calls == []
+    assert evaluate("linear", run, paths["chest"], seed=2, out=out)["request"]["seed"] == 2 and len(calls) == 1
+    ckpt = run / "checkpoint.pt"
+    stat = ckpt.stat()
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the run trained again
+    evaluate("linear", run, paths["chest"], seed=2, out=out)
+    assert len(calls) == 2

@@ -73,3 +73,23 @@ def test_ablations_choose_lambda_on_validation_and_cover_every_term_setting():
     assert len(tables.lambda_table(result)) == 4 and len(tables.terms_table(result)) == 6
     reading = tables.ablation_reading(result)
     assert f"lambda = {result['lambda_chosen']:g}" in reading
+
+
+def test_score_run_makes_exactly_the_summary_s_evaluations(summary, monkeypatch):
+    """The sweeps score each run as they train it; the summary must find those results, not recompute them."""
+    import spanlib.eval.evaluate as E
+    from spanlib.book.runs import ensure_pretrained
+    from spanlib.book.summary import score_run
+
+    def refuse(run):
+        raise AssertionError(f"{run}: evaluated again instead of read back")
+
+    monkeypatch.setattr(E, "load_backbone", refuse)
+    chest = ensure_pretrained("smoke", "span_triangular", seed=0)
+    assert score_run("smoke", chest, 0) == ["attention", "linear"]  # smoke's ablations are shorter runs of their own
+    lam = ensure_pretrained("smoke", "span_triangular", seed=0, lambda_span=0.5, epochs=1)
+    assert score_run("smoke", lam, 0, headline=False) == ["attention", "attention on validation"]
+    parts = ensure_pretrained("smoke", "span_triangular", seed=1, dataset="parts")
+    assert score_run("smoke", parts, 1, "parts") == ["attention on the training parts", "fewshot", "linear"]
+    dino = ensure_pretrained("smoke", "dino", seed=2)
+    assert score_run("smoke", dino, 2) == ["attention", "linear"]

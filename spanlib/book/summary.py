@@ -130,6 +130,52 @@ def map_dice(preset: str, chest: Path, reader: str, maps_dir: Path, maps_from: s
     return out
 
 
+def score_run(preset: str, run: RunHandle, seed: int, dataset: str = "chest", headline: bool = True) -> list[str]:
+    """Every evaluation :func:`build_summary` and :func:`build_ablations` make of one book run, made now.
+
+    Each evaluation's result file answers the same evaluation later
+    (:func:`spanlib.eval.evaluate.evaluate`), so a sweep that scores its runs
+    as it trains them (``make book``: two runs at a time) leaves the results
+    chapter only reading. For the preset's generated data. ``headline``: a run
+    of the headline tables (else an ablation run: attention only). Returns
+    the evaluations made.
+    """
+    from spanlib.eval.evaluate import evaluate
+
+    data, _ = chapter_data(preset, dataset)
+    regimen = run.config.regimen
+    done = []
+    if dataset == "parts":
+        if regimen in PART_SPAN_REGIMENS:
+            evaluate("attention", run.path, data, test_on="train", out=run.path / "eval" / "attention-parts-train.json")
+            done.append("attention on the training parts")
+        evaluate("fewshot", run.path, data, seed=seed)
+        evaluate("linear", run.path, data, seed=seed)
+        return done + ["fewshot", "linear"]
+    evaluate("attention", run.path, data)
+    done.append("attention")
+    if headline:
+        evaluate("linear", run.path, data, seed=seed)
+        done.append("linear")
+    if not headline or _ablations_reuse(preset, regimen, seed):
+        evaluate("attention", run.path, data, test_on="val", out=run.path / "eval" / "attention-val.json")
+        done.append("attention on validation")
+    return done
+
+
+def _ablations_reuse(preset: str, regimen: str, seed: int) -> bool:
+    """Whether :func:`build_ablations` scores this headline run itself (its lambda row at the preset's lambda)."""
+    from spanlib.core.configs import load_preset, resolve
+
+    if "ablations" not in load_preset(preset):
+        return False
+    settings = ablation_settings(preset)
+    if regimen != settings["regimen"] or seed != int(settings["seed"]) or settings.get("epochs") is not None:
+        return False
+    span = resolve(preset, regimen).span
+    return span.lambda_inclusion == span.lambda_exclusion and span.lambda_inclusion in map(float, settings["lambdas"])
+
+
 def build_summary(
     preset: str,
     seeds: Sequence[int] = (0, 1, 2),
@@ -255,7 +301,7 @@ def build_ablations(preset: str) -> dict[str, Any]:
     epochs = settings.get("epochs")
     lambdas = [float(v) for v in settings["lambdas"]]
     # the same run keys as the Makefile's ablation sweeps: lambda explicit, terms and renormalize explicit
-    headline = default.lambda_inclusion == default.lambda_exclusion and epochs is None
+    headline = _ablations_reuse(preset, regimen, seed)
 
     def lambda_key(lam: float) -> float | None:
         """None (the headline run itself) for the preset's own lambda at the preset's epochs."""

@@ -4,7 +4,8 @@
 loads the run's teacher backbone (DINO evaluates the teacher), extracts the
 frozen CLS features and the last block's CLS attention of every image once
 (cached beside the run, keyed by the checkpoint and the dataset), and writes
-``DIR/eval/<kind>-<dataset>.json``.
+``DIR/eval/<kind>-<dataset>.json``. That file also answers the same
+evaluation again (same arguments, checkpoint and data) without recomputing it.
 """
 
 from __future__ import annotations
@@ -104,6 +105,31 @@ def cached_extract(run: str | Path, samples: Sequence, n_last_blocks: int = 1, i
     out = extract(model, cfg, samples, n_last_blocks=n_last_blocks, img_size=size)
     save_atomic(path, out)
     return out
+
+
+def _stamp(path: Path) -> list[int] | None:
+    """Size and modification time (ns) of a file or folder; None when it does not exist."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size if path.is_file() else 0, st.st_mtime_ns]
+
+
+def _request(kind: str, run: str | Path, data: str | Path, seed: int, reader: str, select_on: str | None,
+             test_on: str | None, train_on: str | None, eval_size: int | None, options: dict[str, Any]
+             ) -> dict[str, Any]:
+    """What an evaluation's result depends on: its arguments, the checkpoint's and the data's stamps.
+
+    A result file whose ``request`` equals this one is returned as it is; a run
+    trained again, a dataset written again or other arguments evaluate anew.
+    """
+    data = Path(data)
+    return {"kind": kind, "run": str(Path(run).resolve()), "data": str(data.resolve()), "seed": int(seed),
+            "reader": reader, "select_on": select_on, "test_on": test_on, "train_on": train_on,
+            "eval_size": eval_size, "options": {k: repr(v) for k, v in sorted(options.items())},
+            "checkpoint": _stamp(Path(run) / "checkpoint.pt"), "data_stamp": _stamp(data),
+            "data_meta": _stamp(data / "meta.json")}
 
 
 def _mean(values: torch.Tensor) -> float:
@@ -211,11 +237,22 @@ def evaluate(
         out: the JSON file to write (default ``RUN/eval/<kind>-<dataset>.json``).
         **options: the reader's options (``size``, ``uncertain``, ...).
     """
+    import json
+
     from spanlib.data import open_dataset
     from spanlib.eval import probe
 
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose from {KINDS}")
+    out = Path(out) if out else Path(run) / "eval" / f"{kind}-{Path(data).name}.json"
+    request = _request(kind, run, data, seed, reader, select_on, test_on, train_on, eval_size, options)
+    if out.is_file():  # the same evaluation of the same checkpoint on the same data: its result
+        try:
+            previous = json.loads(out.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("request") == request:
+            return previous
     backbone = load_backbone(run)
     cfg, _, info = backbone
     data = Path(data)
@@ -265,7 +302,7 @@ def evaluate(
             result.update(probe.fewshot(ftrain, ytrain[:, 0], ftest, ytest[:, 0], seed=seed))
         else:
             result.update(probe.knn_multilabel(ftrain, ytrain, ftest, ytest, names))
-    out = Path(out) if out else Path(run) / "eval" / f"{kind}-{data.name}.json"
+    result["request"] = request
     out.parent.mkdir(parents=True, exist_ok=True)
     if getattr(whole, "seeded_split", False):
         result["splits_file"] = str(whole.write_splits(out.with_name(out.stem + "-splits.csv")))
