@@ -147,3 +147,16 @@ def test_study_presets_are_the_pinned_values():
     smoke = study_preset("smoke")
     assert (smoke.base.embed_dim, smoke.base.steps, smoke.config("dino_digit_crops2").batch_size) == (32, 2, 4)
     assert StudyPreset.from_dict(smoke.to_dict()) == smoke  # the whole preset round-trips
+
+
+def test_bf16_autocast_only_where_it_is_native(monkeypatch):
+    from spanlib.core import device
+
+    assert device.bf16_fast("cuda") is True
+    device.cpu_bf16_native.cache_clear()
+    monkeypatch.setattr(device.Path, "read_text", lambda self: "flags : fpu sse avx2 fma")
+    assert device.bf16_fast("cpu") is False
+    device.cpu_bf16_native.cache_clear()
+    monkeypatch.setattr(device.Path, "read_text", lambda self: "flags : fpu avx2 avx512f avx512_bf16")
+    assert device.bf16_fast("cpu") is True
+    device.cpu_bf16_native.cache_clear()

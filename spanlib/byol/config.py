@@ -61,8 +61,11 @@ class ByolConfig(FrozenConfig):
         mean: normalisation mean of the grey images.
         std: normalisation standard deviation.
         n_train: training images used (``None``: the whole training split).
-        bf16: bfloat16 autocast of the encoder (about 2x faster on these
-            CPUs; batch norm, heads and loss stay float32).
+        bf16: bfloat16 autocast of the encoder, where it is native (CUDA, or a
+            CPU with AVX512-BF16 / AMX: about 2x faster there; elsewhere it is
+            emulated, about 10x slower, and float32 is used instead,
+            :func:`spanlib.core.device.bf16_fast`); batch norm, heads and loss
+            stay float32.
         threads: torch intra-op threads while training (restored after). One
             by default: on the shared 2-core machines a second OpenMP thread
             made these small steps about 19x slower whenever another process

@@ -31,7 +31,7 @@ from spanlib.byol.config import ByolConfig
 from spanlib.byol.data import ByolData
 from spanlib.byol.masks import best_iou, refine_masks
 from spanlib.byol.views import normalize
-from spanlib.core.device import torch_threads
+from spanlib.core.device import bf16_fast, torch_threads
 from spanlib.eval.metrics import iou
 
 __all__ = [
@@ -62,7 +62,7 @@ def encode(encoder: torch.nn.Module, images: np.ndarray, cfg: ByolConfig, batch_
     try:
         with torch_threads(num_threads):
             for chunk in torch.as_tensor(images).float().split(batch_size):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and bf16_fast("cpu")):
                     maps = encoder(normalize(chunk, cfg))
                 out.append(maps[0 if stage == "c4" else 1].float())
     finally:

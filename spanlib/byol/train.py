@@ -39,7 +39,7 @@ from spanlib.byol.masks import carry_masks, mask_pool, one_hot, refine_masks
 from spanlib.byol.model import ByolNetwork, byol_loss, update_target
 from spanlib.byol.views import ByolViews, normalize
 from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json
-from spanlib.core.device import default_device, torch_threads
+from spanlib.core.device import bf16_fast, default_device, torch_threads
 from spanlib.model.dino import cosine_scheduler, param_groups
 
 __all__ = [
@@ -74,8 +74,8 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def encoder_maps(network: ByolNetwork, images: torch.Tensor, cfg: ByolConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(c4, c5)`` of normalised images as float32, under bfloat16 autocast when ``cfg.bf16``."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+    """``(c4, c5)`` of normalised images as float32, under bfloat16 autocast when ``cfg.bf16`` and the device has it."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and bf16_fast(images.device.type)):
         c4, c5 = network.encoder(images)
     return c4.float(), c5.float()
 
