@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spanlib.book.runs import RunKey
+from spanlib.book.start import continues_start
 from spanlib.core.configs import resolve
 from spanlib.data import CHEST_LABELS, FolderDataset, make_default_data
 from spanlib.eval.evaluate import evaluate
@@ -182,7 +184,9 @@ def test_a_chapter_runs_on_a_users_films_through_papermill(world, tmp_path):
     params = {"preset": "smoke", "regimen": "span_deformable", "data": str(unlabelled), "reader": "images",
               "maps_from": str(world["chest"])}
     _execute("03", tmp_path, params)
-    run = REPO / "runs" / "smoke" / "data-films" / "span_deformable" / "seed0"
+    # the smoke preset continues the shared start, so the run's directory says so (RunKey names it)
+    run = RunKey("smoke", "span_deformable", data=str(unlabelled), from_start=continues_start("smoke")).path()
+    assert run.parent.parent == REPO / "runs" / "smoke" / "data-films"
     assert (run / "done.json").is_file() and "reader: images" in (run / "config.yaml").read_text()
     report = json.loads((REPO / "runs" / "smoke" / "data-films" / "maps" / "deformable" / "report.json").read_text())
     assert report["count"] == len(list((unlabelled / "images").iterdir())) and report["errors"] == 0
