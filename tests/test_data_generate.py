@@ -184,3 +184,26 @@ def test_sample_grid_returns_a_figure() -> None:
     assert "defect" in figure.axes[0].get_title() or "no positive" in figure.axes[0].get_title()
     with pytest.raises(ValueError):
         sample_grid([])
+
+
+def _generate_parts(root: str, scale: float) -> int:
+    from spanlib.data.generate import generate_dataset
+
+    generate_dataset("parts", root, {"train": 12, "test": 4}, PartConfig(image_size=32, defect_scale=scale), workers=1)
+    return len(FolderDataset(root))
+
+
+def test_concurrent_callers_regenerate_a_changed_dataset_once(tmp_path: Path) -> None:
+    """Sweep workers that find the generator's settings changed wait for one regeneration, never read a half-made set."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    root = tmp_path / "parts"
+    assert _generate_parts(str(root), 1.0) == 16
+    stamp = (root / "meta.json").stat().st_mtime_ns
+    with ProcessPoolExecutor(3, mp_context=get_context("spawn")) as pool:
+        counts = list(pool.map(_generate_parts, [str(root)] * 3, [2.0] * 3))
+    assert counts == [16, 16, 16]
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["config"]["defect_scale"] == 2.0 and (root / "meta.json").stat().st_mtime_ns != stamp
+    assert all(s.image.shape == (32, 32) for s in FolderDataset(root))

@@ -10,13 +10,14 @@ the finished datasets (``meta.json`` is written last) and reuses them.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -203,6 +204,16 @@ def generate_dataset(
         "mask_names": list(masks),
         "label_names": list(labels),
     }
+    # one process makes a dataset at a time: a sweep's workers that find it changed wait for one regeneration
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _generate_locked(kind, root, splits, config, seed, preset, source, workers, progress, overwrite, meta)
+
+
+def _generate_locked(kind: str, root: Path, splits: Mapping[str, int], config: Any, seed: int, preset: str,
+                     source: Any, workers: int | None, progress: bool, overwrite: bool, meta: dict[str, Any]) -> Path:
+    """:func:`generate_dataset` under its lock: reuse an identical finished dataset, else regenerate it."""
     if (root / "meta.json").is_file() and not overwrite:
         try:
             old = json.loads((root / "meta.json").read_text(encoding="utf-8"))
