@@ -107,6 +107,12 @@ def test_health_table_and_reading():
     assert text.startswith("After 20 steps at most") and "only begun" in text and "(vit_small, 224 pixels" in text
     far = tables.health_table({"a": _run(loss=2.0)})
     assert "clear progress" in tables.self_distillation_reading(far, "vit_small", 224, 100)
+    # some runs learned, some did not: the reading names the ones that did not, never "every run"
+    mixed = tables.health_table({"dino (chest, seed 0)": _run(loss=2.0), "dino (parts, seed 0)": _run(loss=6.0),
+                                 "dino (parts, seed 1)": _run(loss=5.6), "span (chest, seed 0)": _run(loss=5.2)})
+    text = tables.self_distillation_reading(mixed, "vit_small", 224, 100)
+    assert "every run" not in text and "2 of 4 runs end at least 1.5 nats below log K" in text
+    assert "dino (parts) (2 runs)" in text and "span (chest)" not in text
 
 
 def _axes_of(figure):

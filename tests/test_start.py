@@ -76,7 +76,7 @@ def test_presets_name_their_start_and_the_frozen_start_regimen():
     assert smoke.datasets == ("chest", "parts", "digits") and smoke.continued
     assert smoke.config.views.kind == "dino" and not smoke.config.span.assigned_heads
     book = resolve_start("book")
-    assert not book.continued
+    assert book.continued  # every trained regimen continues the start, as the paper continues ImageNet DINO
     assert resolve_start("paper") is None  # the paper starts from DINO's ImageNet checkpoint
     assert not resolve("book", "dino_start").run.train
 

@@ -140,3 +140,11 @@ def test_ddp_two_processes_stay_identical(tmp_path):
     for r in checks:
         assert len(r["param_checksums"]) == 2 and r["param_checksums"][0] == r["param_checksums"][1]
     assert json.loads((out / "done.json").read_text())["steps"] == 8  # 32 samples / (2 ranks * 4) * 2 epochs
+
+
+def test_a_prototype_layer_frozen_for_the_whole_run_is_refused(tmp_path, toy):
+    """DINO freezes its last layer for the first epoch of 100; in a run that short it would never train."""
+    cfg = _cfg("dino").replace(**{"dino.freeze_last_layer": 2, "optim.epochs": 2})
+    with pytest.raises(ValueError, match="freeze_last_layer=2 freezes the head's prototype layer"):
+        pretrain(cfg, tmp_path / "frozen", samples=toy)
+    pretrain(cfg.replace(**{"dino.freeze_last_layer": 1}), tmp_path / "ok", samples=toy)

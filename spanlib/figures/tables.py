@@ -22,8 +22,8 @@ NAN = float("nan")
 CHANCE_AUC_BOUND = 65.0
 """Below this AUC with every label, the frozen features are read as not carrying the defects."""
 
-BEGUN_NATS = 1.0
-"""A DINO loss less than this many nats below log K everywhere: self-distillation has only begun."""
+BEGUN_NATS = 1.5
+"""A run whose DINO loss ends less than this many nats below log K has only begun self-distillation."""
 
 
 def summary_value(v: Any) -> float:
@@ -405,6 +405,7 @@ def self_distillation_reading(health: pd.DataFrame, arch: str, img_size: int, ep
         f"{gap.max():.2f} nats below log K (the uniform prediction), and the teachers' per-image entropy between "
         f"{entropy_gap.min():.2f} and {entropy_gap.max():.2f} nats below it"
     )
+    behind = health.index[gap < nats]
     if self_distillation_has_begun_only(health, nats):
         reading = (
             ": self-distillation has only begun at the book's scale, while the SPAN runs' assigned heads already put "
@@ -412,7 +413,18 @@ def self_distillation_reading(health: pd.DataFrame, arch: str, img_size: int, ep
             "measure what the attention term gives a network that DINO has barely shaped, not a difference between two "
             "converged models as in the paper, where both started from DINO's ImageNet weights."
         )
+    elif len(behind) == 0:
+        reading = f": the self-distillation objective has made clear progress (at least {nats:g} nats) in every run."
     else:
-        reading = ": the self-distillation objective has made clear progress in every run."
+        groups: dict[str, int] = {}
+        for name in behind:  # "regimen (dataset, seed s)" -> "regimen (dataset)"
+            group = str(name).split(", seed")[0] + (")" if ", seed" in str(name) else "")
+            groups[group] = groups.get(group, 0) + 1
+        listed = ", ".join(f"{g} ({n} run{'s' if n > 1 else ''})" for g, n in groups.items())
+        reading = (
+            f": {len(health) - len(behind)} of {len(health)} runs end at least {nats:g} nats below log K; in the others "
+            f"self-distillation has only begun: {listed}. Comparisons with those runs compare a network DINO has "
+            "barely shaped, not a converged one."
+        )
     return (facts + reading + f" The `paper` preset ({arch}, {img_size} pixels, "
             f"{epochs} epochs) is the configuration for the paper's comparison.")

@@ -290,6 +290,12 @@ class Pretrainer:
         if not cfg.run.train:
             self.save()
             return self._finish({"steps": 0, "note": "untrained (random init)"}, 0.0)
+        if cfg.dino.freeze_last_layer >= cfg.optim.epochs:
+            raise ValueError(
+                f"{self.out}: dino.freeze_last_layer={cfg.dino.freeze_last_layer} freezes the head's prototype layer "
+                f"for the whole of a {cfg.optim.epochs}-epoch run, so DINO's loss cannot leave log K; "
+                "set it below optim.epochs (0 for a short run)"
+            )
         loader, sampler = self._loader()
         accum = cfg.optim.accum_steps
         steps_per_epoch = sampler.batches_per_epoch() // accum
