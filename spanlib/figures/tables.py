@@ -118,6 +118,33 @@ def fewshot_verdict(check: pd.DataFrame, img_size: int, patch_size: int, epochs:
     )
 
 
+def ceiling_reading(ceiling: Mapping[str, Any], best_probe: float, chance_bound: float = CHANCE_AUC_BOUND) -> str:
+    """What training *with* the labels says about a probe near chance (Markdown).
+
+    Args:
+        ceiling: :func:`spanlib.eval.ceiling.supervised_ceiling`'s result.
+        best_probe: the best regimen's all-label AUC on frozen features.
+        chance_bound: below this AUC a network is read as not having learned the label.
+    """
+    vit, cnn = ceiling["auc"]["vit"], ceiling["auc"]["cnn"]
+    facts = (f"Trained end to end on all {ceiling['train']} labelled parts for {ceiling['epochs']} epochs at "
+             f"{ceiling['img_size']} pixels, a small CNN reaches {cnn:.1f} AUC on the test parts and this book's ViT "
+             f"(the same shape, from random weights) {vit:.1f}, against {best_probe:.1f} for the best frozen features. ")
+    if cnn < chance_bound:
+        return facts + ("Not even the CNN finds the label with every example: at this input size the images do not "
+                        "show it clearly enough, whatever the backbone.")
+    if vit < chance_bound:
+        return facts + ("The defects are in the images, but this ViT does not learn them even with the labels: with "
+                        "this little data and no convolution's locality it finds no local detector, so no "
+                        "self-supervised objective can give its features one. The gap between the regimens that the "
+                        "paper shows needs its setting: a ViT pretrained on ImageNet, at 224 pixels.")
+    if best_probe < chance_bound:
+        return facts + ("This ViT can learn the defects with the labels, but the self-supervised runs have not: the "
+                        "frozen features fall short of what the backbone can hold, so longer or larger pretraining "
+                        "is what the few-label comparison is waiting for.")
+    return facts + "The frozen features hold part of what the backbone can learn with every label."
+
+
 def kept_backbone_line(chosen: Mapping[str, Any]) -> str:
     """Which SPAN backbone the few-label probe keeps, and why (Markdown; see :func:`spanlib.book.summary.part_regimens`)."""
     scores = ", ".join(f"`{r}` {m:.1f}" for r, m in chosen["attention"].items())
