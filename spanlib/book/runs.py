@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spanlib.core.paths import data_dir, project_root, runs_dir  # noqa: F401 - the notebooks take paths from here
+from spanlib.core.paths import data_dir, folder_lock, project_root, runs_dir  # noqa: F401 - the notebooks take paths from here
 
 
 def record(results_path: str | Path | None, **values: object) -> None:
@@ -73,7 +73,6 @@ def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None, re
     Raises:
         RuntimeError: the build failed (bad data, unreadable files).
     """
-    import fcntl
     import json
     import os
 
@@ -84,10 +83,8 @@ def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None, re
 
     if built():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     # notebooks run at once (a sweep with workers) wait here for the first to build the maps
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with folder_lock(out):
         if built():
             return out
         try:

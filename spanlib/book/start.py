@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spanlib.core.paths import project_root, runs_dir
+from spanlib.core.paths import folder_lock, project_root, runs_dir
 
 KNN_TASK = "digits"
 """The held-out task of the start's k-NN check: which of ten digits a cluttered canvas shows."""
@@ -49,8 +49,6 @@ def ensure_start(preset: str) -> Path | None:
     A lock beside the run makes concurrent callers (a sweep's workers) wait
     for one training. A killed training resumes from its last checkpoint.
     """
-    import fcntl
-
     from spanlib.core.configs import load_config, resolve_start
     from spanlib.data import make_default_data
     from spanlib.pretrain.train import pretrain
@@ -67,9 +65,7 @@ def ensure_start(preset: str) -> Path | None:
     if missing:
         raise ValueError(f"preset {preset!r}: the start pools {missing}, which the preset's data does not make")
     cfg = cfg.replace(**{"run.data": [str(paths[d]) for d in datasets]})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / ".start.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with folder_lock(out):  # out is runs/<preset>/start: the same .start.lock as before
         if (out / "done.json").is_file():
             return out
         if (out / "config.yaml").is_file() and load_config(out / "config.yaml") != cfg:

@@ -10,14 +10,13 @@ the finished datasets (``meta.json`` is written last) and reuses them.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import functools
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from spanlib.core.paths import folder_lock
 from spanlib.data.digits import (
     DIGIT_LABELS,
     DIGIT_MASKS,
@@ -205,46 +205,38 @@ def generate_dataset(
         "label_names": list(labels),
     }
     # one process makes a dataset at a time: a sweep's workers that find it changed wait for one regeneration
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _generate_locked(kind, root, splits, config, seed, preset, source, workers, progress, overwrite, meta)
-
-
-def _generate_locked(kind: str, root: Path, splits: Mapping[str, int], config: Any, seed: int, preset: str,
-                     source: Any, workers: int | None, progress: bool, overwrite: bool, meta: dict[str, Any]) -> Path:
-    """:func:`generate_dataset` under its lock: reuse an identical finished dataset, else regenerate it."""
-    if (root / "meta.json").is_file() and not overwrite:
-        try:
-            old = json.loads((root / "meta.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = {}
-        if isinstance(old, dict) and all(old.get(key) == value for key, value in _jsonable(meta).items()):
-            return root
-    if root.exists():
-        if not _is_generated(root):
-            raise DataError(root, "exists and does not hold spanlib-generated data; refusing to overwrite it")
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    ordered = tuple((split, int(splits[split])) for split in SPLITS if splits.get(split, 0) > 0)
-    total = sum(count for _, count in ordered)
-    job = _Job(kind, config, seed, root, ordered, source)
-    workers = workers or min(os.cpu_count() or 1, max(1, math.ceil(total * _COST[kind] / 200)))
-    chunks = list(_chunks(total, 25))
-    rows: list[list[str]] = []
-    with tqdm(total=total, desc=f"{preset}/{kind}", unit="img", disable=not progress) as bar:
-        if workers <= 1:
-            for bounds in chunks:
-                rows += job.run(*bounds)
-                bar.update(bounds[1] - bounds[0])
-        else:
-            with ProcessPoolExecutor(
-                workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)
-            ) as pool:
-                for bounds, chunk_rows in zip(chunks, pool.map(_run_chunk, chunks)):
-                    rows += chunk_rows
+    with folder_lock(root):
+        if (root / "meta.json").is_file() and not overwrite:
+            try:
+                old = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                old = {}
+            if isinstance(old, dict) and all(old.get(key) == value for key, value in _jsonable(meta).items()):
+                return root
+        if root.exists():
+            if not _is_generated(root):
+                raise DataError(root, "exists and does not hold spanlib-generated data; refusing to overwrite it")
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        ordered = tuple((split, int(splits[split])) for split in SPLITS if splits.get(split, 0) > 0)
+        total = sum(count for _, count in ordered)
+        job = _Job(kind, config, seed, root, ordered, source)
+        workers = workers or min(os.cpu_count() or 1, max(1, math.ceil(total * _COST[kind] / 200)))
+        chunks = list(_chunks(total, 25))
+        rows: list[list[str]] = []
+        with tqdm(total=total, desc=f"{preset}/{kind}", unit="img", disable=not progress) as bar:
+            if workers <= 1:
+                for bounds in chunks:
+                    rows += job.run(*bounds)
                     bar.update(bounds[1] - bounds[0])
-    return write_index(root, rows, meta)
+            else:
+                with ProcessPoolExecutor(
+                    workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)
+                ) as pool:
+                    for bounds, chunk_rows in zip(chunks, pool.map(_run_chunk, chunks)):
+                        rows += chunk_rows
+                        bar.update(bounds[1] - bounds[0])
+        return write_index(root, rows, meta)
 
 
 def make_default_data(
