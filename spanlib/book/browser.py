@@ -106,8 +106,7 @@ def _load_run(path: str | Path, map_spec: str | Path | None) -> _LoadedRun:
 @torch.no_grad()
 def _attention(run: _LoadedRun, image: np.ndarray, block: int) -> np.ndarray:
     """``[heads, gh, gw]`` CLS attention of one block on the evaluation view of ``image``."""
-    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    x = run.views.evaluation_view(img.permute(2, 0, 1) if img.ndim == 3 else img)
+    x = run.views.evaluation_view.of_array(image)
     return cls_attention(run.model, x[None], block=block)[0].float().numpy()
 
 

@@ -8,6 +8,9 @@ pretraining.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -45,3 +48,12 @@ class EvaluationView:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """``[H, W]`` or ``[C, H, W]`` in [0, 1] -> ``[in_chans, size, size]``."""
         return self.transform(as_image(image, self.in_chans)).as_subclass(torch.Tensor)
+
+    def of_array(self, image: np.ndarray) -> torch.Tensor:
+        """The view of a sample's image array, ``[H, W]`` or ``[H, W, C]`` (channels last, as readers give them)."""
+        img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        return self(img.permute(2, 0, 1) if img.ndim == 3 else img)
+
+    def stack(self, samples: Sequence) -> torch.Tensor:
+        """The views of samples' images as one batch, ``[N, in_chans, size, size]``."""
+        return torch.stack([self.of_array(s.image) for s in samples])

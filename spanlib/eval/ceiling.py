@@ -52,11 +52,6 @@ def small_cnn(in_chans: int, widths: Sequence[int] = CNN_WIDTHS) -> nn.Module:
     return nn.Sequential(*layers, nn.Flatten())
 
 
-def _views(cfg: Config, samples: Sequence) -> torch.Tensor:
-    view = EvaluationView(cfg.views, cfg.model.img_size, cfg.model.in_chans)
-    return torch.stack([view(torch.from_numpy(np.ascontiguousarray(s.image))) for s in samples])
-
-
 def _labels(samples: Sequence, label: str) -> torch.Tensor:
     missing = [s.id for s in samples if label not in s.labels]
     if missing:
@@ -160,7 +155,8 @@ def supervised_ceiling(
         raise ValueError(f"the test samples hold one value of {label!r} only: no AUC")
     device = default_device()
     with torch_threads(threads):
-        train_x, test_x = _views(cfg, train), _views(cfg, test)
+        view = EvaluationView(cfg.views, cfg.model.img_size, cfg.model.in_chans)
+        train_x, test_x = view.stack(train), view.stack(test)
         auc = {}
         for name in NETWORKS:
             torch.manual_seed(seed)
@@ -183,11 +179,9 @@ def supervised_ceiling_on(cfg: Config, data: str | Path, reader: str, label: str
                           out: str | Path | None = None) -> dict[str, Any]:
     """:func:`supervised_ceiling` on a dataset, with the linear probe's sets: its train split and its test set."""
     from spanlib.data import open_dataset
-    from spanlib.eval.sets import same_images, split_of, test_set
+    from spanlib.eval.sets import test_set, training_set
 
     whole = open_dataset(reader, data)
     test, test_how = test_set(whole, Path(data), None, reader, {})
-    train = split_of(whole, "train")
-    if same_images(train, test):
-        raise ValueError(f"{data}: the train split shares images with the test set ({test_how})")
+    train, _ = training_set(whole, Path(data), None, reader, {}, test, test_how)
     return supervised_ceiling(cfg, train, test, label, epochs=epochs, seed=seed, out=out)

@@ -22,7 +22,7 @@ import torch
 from spanlib.data.transforms import EvaluationView
 from spanlib.core.checkpoint import save_atomic, write_json
 from spanlib.core.configs import Config
-from spanlib.eval.sets import SelectionError, same_images, selection_set, split_of, test_set
+from spanlib.eval.sets import SelectionError, selection_set, test_set, training_set
 from spanlib.model.export import load_backbone
 from spanlib.model.vit import AttentionProbe, patch_grid
 
@@ -70,11 +70,7 @@ def extract(
     try:
         for start in range(0, len(samples), batch_size):
             chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
-            images = []
-            for s in chunk:
-                img = torch.from_numpy(np.ascontiguousarray(s.image))
-                images.append(evaluation_view(img.permute(2, 0, 1) if img.ndim == 3 else img))
-            x = torch.stack(images)
+            x = evaluation_view.stack(chunk)
             captured.clear()
             with AttentionProbe(model) as probe:
                 model(x)
@@ -285,12 +281,7 @@ def evaluate(
         result["attention"] = {o: {"mean": s["mAP"], "head": s["head"], "head_chosen": s["head_chosen"],
                                    "pointing": s["pointing"]} for o, s in scores.items()}
     else:
-        if train_on:
-            train, train_how = test_set(whole, data, train_on, reader, options)
-        else:
-            train, train_how = split_of(whole, "train"), f"split 'train' of {data}"
-        if same_images(train, test):
-            raise SelectionError(f"{train_how}: the probe's training set shares images with the test set ({test_how})")
+        train, train_how = training_set(whole, data, train_on, reader, options, test, test_how)
         result["train_set"], result["train_images"] = train_how, len(train)
         names = list(train.label_names)
         ftrain = cached_extract(run, train, img_size=eval_size, backbone=backbone)["features"]

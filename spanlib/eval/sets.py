@@ -58,6 +58,22 @@ def test_set(whole: Any, data: Path, test_on: str | None, reader: str, options: 
     raise SelectionError(f"{data}: no 'test' split; name the test set with --test-on SPLIT_OR_DIR")
 
 
+def training_set(whole: Any, data: Path, train_on: str | None, reader: str, options: dict[str, Any], test: Any,
+                 test_how: str) -> tuple[Any, str]:
+    """The set a probe is trained on: ``train_on`` when named, else the ``train`` split; never one sharing test images.
+
+    Raises:
+        SelectionError: the training set shares images with the test set.
+    """
+    if train_on:
+        train, how = named_set(train_on, whole, reader, data, options)
+    else:
+        train, how = split_of(whole, "train"), f"split 'train' of {data}"
+    if same_images(train, test):
+        raise SelectionError(f"{how}: the probe's training set shares images with the test set ({test_how})")
+    return train, how
+
+
 def selection_set(whole: Any, test: Any, data: Path, select_on: str | None, reader: str,
                   options: dict[str, Any]) -> tuple[Any, str]:
     """The set a baseline's head is chosen on: ``select_on``, else the ``val`` split; never the test set.
