@@ -48,6 +48,14 @@ def test_a_cnn_learns_a_visible_spot_and_the_result_is_cached(tmp_path):
     out.write_text(json.dumps(stored))
     assert supervised_ceiling(cfg, _spots(96, 0), _spots(40, 1), "defect", epochs=8, out=out)["auc"]["cnn"] == -1.0
     assert supervised_ceiling(cfg, _spots(96, 0), _spots(40, 1), "defect", epochs=1, out=out)["auc"]["cnn"] != -1.0
+    # a test set that differs in one image far down the list (the 60th) is another request
+    supervised_ceiling(cfg, _spots(96, 0), _spots(60, 1), "defect", epochs=1, out=out)
+    stored = json.loads(out.read_text())
+    stored["result"]["auc"]["cnn"] = -1.0
+    out.write_text(json.dumps(stored))
+    other = _spots(60, 1)
+    other[-1] = _spots(60, 2)[-1]
+    assert supervised_ceiling(cfg, _spots(96, 0), other, "defect", epochs=1, out=out)["auc"]["cnn"] != -1.0
 
 
 def test_training_is_seeded_and_labels_are_checked():

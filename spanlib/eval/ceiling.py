@@ -13,6 +13,7 @@ learn it at all in the same data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,14 @@ def small_cnn(in_chans: int, widths: Sequence[int] = CNN_WIDTHS) -> nn.Module:
         layers.append(nn.MaxPool2d(2) if i < len(widths) - 1 else nn.AdaptiveMaxPool2d(1))
         channels = width
     return nn.Sequential(*layers, nn.Flatten())
+
+
+def _ids_digest(train: Sequence, test: Sequence) -> str:
+    """A fingerprint of which samples train and test: a cached result is reused only for the same sets."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in (train, test):
+        h.update("|".join(s.id for s in part).encode() + b"#")
+    return h.hexdigest()
 
 
 def _labels(samples: Sequence, label: str) -> torch.Tensor:
@@ -145,7 +154,7 @@ def supervised_ceiling(
 
     request = {"label": label, "epochs": epochs, "seed": seed, "dihedral": dihedral, "train": len(train),
                "test": len(test), "img_size": cfg.model.img_size, "model": cfg.model.to_dict(),
-               "test_ids": [s.id for s in test][:50]}
+               "ids": _ids_digest(train, test)}
     if out is not None and Path(out).is_file():
         cached = json.loads(Path(out).read_text())
         if cached.get("request") == request:
