@@ -148,3 +148,15 @@ def test_a_prototype_layer_frozen_for_the_whole_run_is_refused(tmp_path, toy):
     with pytest.raises(ValueError, match="freeze_last_layer=2 freezes the head's prototype layer"):
         pretrain(cfg, tmp_path / "frozen", samples=toy)
     pretrain(cfg.replace(**{"dino.freeze_last_layer": 1}), tmp_path / "ok", samples=toy)
+
+
+def test_a_conv_stem_trains_and_its_teacher_follows(tmp_path, toy):
+    cfg = _cfg(**{"model.stem": "conv"})
+    trainer = Pretrainer(cfg, tmp_path / "conv", samples=toy)
+    first = trainer.student.backbone.patch_embed.proj[0].weight.detach().clone()
+    trainer.fit()
+    state = load_checkpoint(tmp_path / "conv" / "checkpoint.pt")
+    key = "backbone.patch_embed.proj.0.weight"
+    assert key in state["student"], sorted(state["student"])[:5]
+    for part in ("student", "teacher"):  # the stem learns, and the teacher follows it by EMA
+        assert not torch.allclose(state[part][key], first), part

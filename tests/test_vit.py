@@ -75,3 +75,32 @@ def test_probe_reads_any_block(tiny_model_cfg):
         model(x)
     ref = captured[0][:, :, 0, 1:].reshape(2, 6, 4, 4)
     torch.testing.assert_close(cls_attention(model, x, block=0), ref, atol=1e-5, rtol=0)
+
+
+def test_conv_stem_keeps_the_token_grid_and_the_probe_sees_it(tiny_model_cfg):
+    model = build_vit(tiny_model_cfg.replace(stem="conv")).eval()
+    stem = model.patch_embed.proj
+    strided = [m for m in stem.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == 3 and all(m.kernel_size == (3, 3) for m in strided)  # 8 = 2 ** 3
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in stem.modules())
+    x = torch.randn(3, 3, 32, 32)
+    probe = cls_attention(model, x)
+    assert probe.shape == (3, 6, 4, 4)
+    with explicit_attention(model) as captured:
+        model(x)
+    torch.testing.assert_close(probe, captured[0][:, :, 0, model.num_prefix_tokens:].reshape(3, 6, 4, 4),
+                               atol=1e-5, rtol=0)
+    assert cls_attention(model, torch.randn(1, 3, 48, 40)).shape == (1, 6, 6, 5)  # local crops of other sizes
+    # a single image sees the same function as in a batch: nothing in the backbone depends on the batch
+    torch.testing.assert_close(model(x[:1]), model(x)[:1], atol=1e-5, rtol=0)
+    # its weights are the backbone's, saved and loaded as any other
+    other = build_vit(tiny_model_cfg.replace(stem="conv"))
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other.eval()(x), model(x))
+
+
+def test_unknown_stem_and_odd_patch_are_refused(tiny_model_cfg):
+    with pytest.raises(ValueError, match="model.stem 'hybrid' unknown"):
+        build_vit(tiny_model_cfg.replace(stem="hybrid"))
+    with pytest.raises(ValueError, match="power-of-two patch"):
+        build_vit(tiny_model_cfg.replace(stem="conv", patch_size=6, img_size=36))

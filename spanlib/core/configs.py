@@ -258,6 +258,10 @@ class ModelConfig(FrozenConfig):
         img_size: side of the global views, in pixels.
         pretrained_path: a local checkpoint to initialise the backbone from
             (timm or DINO layout); never downloaded.
+        stem: how images become tokens: ``patch`` (one strided convolution,
+            ViT's own) or ``conv`` (a stack of stride-2 3x3 convolutions with
+            the same total stride, Xiao et al. 2021, "Early convolutions help
+            transformers see better"); see :class:`spanlib.model.vit.ConvStem`.
     """
 
     arch: str = "vit_small_patch16_224"
@@ -269,6 +273,7 @@ class ModelConfig(FrozenConfig):
     in_chans: int = 3
     drop_path_rate: float = 0.1
     pretrained_path: str | None = None
+    stem: str = "patch"
 
 
 @dataclass(frozen=True)

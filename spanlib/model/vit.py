@@ -19,6 +19,7 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from spanlib.core.configs import ModelConfig
@@ -33,6 +34,43 @@ def shape_overrides(cfg: ModelConfig) -> dict[str, int]:
     return {k: getattr(cfg, k) for k in SHAPE_FIELDS if getattr(cfg, k) is not None}
 
 
+STEMS = ("patch", "conv")
+"""The token stems :func:`build_vit` knows (``ModelConfig.stem``)."""
+
+
+class ConvStem(PatchEmbed):
+    """A convolutional stem in place of ViT's patchify convolution (Xiao et al. 2021).
+
+    ``log2(patch)`` 3x3 convolutions of stride 2, each with group norm and
+    GELU, channels doubling up to the embedding width, then a 1x1 projection:
+    the same token grid as a ``patch`` x ``patch`` patchify, so attention maps,
+    knowledge maps and every probe keep their shapes. On little data it gives
+    the tokens local detectors that a patchify stem must learn from scratch
+    (benchmarks/start.md: the cast parts). Group norm rather than batch norm:
+    nothing in the backbone depends on the batch, so teacher, student and a
+    single evaluation image see the same function.
+
+    Raises:
+        ValueError: a patch size that is not a power of two.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        patch = self.patch_size[0]
+        if patch != self.patch_size[1] or patch < 2 or patch & (patch - 1):
+            raise ValueError(f"the conv stem needs a square power-of-two patch, got {self.patch_size}")
+        stages = patch.bit_length() - 1
+        in_chans, embed_dim = self.proj.in_channels, self.proj.out_channels
+        width = max(embed_dim >> (stages - 1), 16)
+        layers: list[nn.Module] = []
+        for _ in range(stages):
+            layers += [nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False),
+                       nn.GroupNorm(min(8, width // 4), width), nn.GELU()]
+            in_chans, width = width, min(2 * width, embed_dim)
+        layers.append(nn.Conv2d(in_chans, embed_dim, 1))
+        self.proj = nn.Sequential(*layers)
+
+
 def build_vit(cfg: ModelConfig) -> VisionTransformer:
     """Create the backbone: a timm ViT without classifier (``num_classes=0``).
 
@@ -43,6 +81,10 @@ def build_vit(cfg: ModelConfig) -> VisionTransformer:
         The ViT, with ``dynamic_img_size`` so local crops of another size work.
     """
     overrides = shape_overrides(cfg)
+    if cfg.stem not in STEMS:
+        raise ValueError(f"model.stem {cfg.stem!r} unknown; known: {', '.join(STEMS)}")
+    if cfg.stem == "conv":
+        overrides["embed_layer"] = ConvStem
     model = timm.create_model(
         cfg.arch,
         pretrained=False,
