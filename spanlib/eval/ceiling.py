@@ -3,12 +3,14 @@
 When a linear probe on self-supervised features sits near chance, two
 explanations differ in what they ask of the reader: the images do not hold
 the label at the model's input size, or they hold it and the backbone does
-not learn it. :func:`supervised_ceiling` tells them apart by training two
+not learn it. :func:`supervised_ceiling` tells them apart by training
 networks end to end on every training label, from random weights, on the
 same evaluation view the probe sees: the run's own ViT (its shape, no
-weights) and a small convolutional network. A CNN far above chance says the
-label is in the images; the ViT beside it says whether this backbone can
-learn it at all in the same data.
+weights), the same ViT with a convolutional stem (``model.stem: conv``) when
+the run's has a patchify stem, and a small convolutional network. A CNN far
+above chance says the label is in the images; the ViT beside it says whether
+this backbone can learn it at all in the same data, and the conv-stem ViT
+whether what it lacks is the locality of its first layer.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from spanlib.core.device import default_device, torch_threads
 from spanlib.data.transforms import EvaluationView
 from spanlib.model.vit import build_vit
 
-NETWORKS = ("vit", "cnn")
-"""The networks :func:`supervised_ceiling` trains: the run's ViT shape and :func:`small_cnn`."""
+NETWORKS = ("vit", "vit_conv_stem", "cnn")
+"""The networks :func:`supervised_ceiling` trains: the run's ViT shape, the same with a convolutional
+stem (only where the run's stem is not one already) and :func:`small_cnn`."""
 
 
 CNN_WIDTHS = (32, 64, 96)
@@ -135,7 +138,7 @@ def supervised_ceiling(
     out: str | Path | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Test AUC of the run's ViT shape and of :func:`small_cnn`, each trained with every training label.
+    """Test AUC of the run's ViT shape, its conv-stem twin and :func:`small_cnn`, each trained with every label.
 
     Args:
         cfg: the run's configuration (model shape, input size, normalisation);
@@ -148,12 +151,13 @@ def supervised_ceiling(
         threads: torch threads while training (None: unchanged).
 
     Returns:
-        ``{"auc": {"vit": %, "cnn": %}, "epochs", "train", "test", "label", "img_size"}``.
+        ``{"auc": {"vit": %, "vit_conv_stem": %, "cnn": %}, "epochs", "train", "test", "label", "img_size",
+        "stem"}``; ``vit_conv_stem`` is absent when the run's own ViT has the conv stem (``stem``).
     """
     from sklearn.metrics import roc_auc_score
 
-    request = {"label": label, "epochs": epochs, "seed": seed, "dihedral": dihedral, "train": len(train),
-               "test": len(test), "img_size": cfg.model.img_size, "model": cfg.model.to_dict(),
+    request = {"networks": list(NETWORKS), "label": label, "epochs": epochs, "seed": seed, "dihedral": dihedral,
+               "train": len(train), "test": len(test), "img_size": cfg.model.img_size, "model": cfg.model.to_dict(),
                "ids": _ids_digest(train, test)}
     if out is not None and Path(out).is_file():
         cached = json.loads(Path(out).read_text())
@@ -168,9 +172,12 @@ def supervised_ceiling(
         train_x, test_x = view.stack(train), view.stack(test)
         auc = {}
         for name in NETWORKS:
+            if name == "vit_conv_stem" and cfg.model.stem == "conv":
+                continue  # the run's own ViT is this one
             torch.manual_seed(seed)
-            if name == "vit":
-                backbone = build_vit(cfg.model.replace(pretrained_path=None))
+            if name.startswith("vit"):
+                stem = "conv" if name == "vit_conv_stem" else cfg.model.stem
+                backbone = build_vit(cfg.model.replace(pretrained_path=None, stem=stem))
                 width = backbone.num_features
             else:
                 backbone, width = small_cnn(cfg.model.in_chans), CNN_WIDTHS[-1]
@@ -178,7 +185,7 @@ def supervised_ceiling(
                                       dihedral=dihedral)
             auc[name] = 100.0 * float(roc_auc_score(test_y, scores))
     result = {"auc": auc, "epochs": epochs, "train": len(train), "test": len(test), "label": label,
-              "img_size": cfg.model.img_size}
+              "img_size": cfg.model.img_size, "stem": cfg.model.stem}
     if out is not None:
         write_json(Path(out), {"request": request, "result": result})
     return result

@@ -126,14 +126,26 @@ def ceiling_reading(ceiling: Mapping[str, Any], best_probe: float, chance_bound:
         best_probe: the best regimen's all-label AUC on frozen features.
         chance_bound: below this AUC a network is read as not having learned the label.
     """
-    vit, cnn = ceiling["auc"]["vit"], ceiling["auc"]["cnn"]
+    auc = ceiling["auc"]
+    vit, cnn, conv = auc["vit"], auc["cnn"], auc.get("vit_conv_stem")
+    stem = ceiling.get("stem", "patch")
     facts = (f"Trained end to end on all {ceiling['train']} labelled parts for {ceiling['epochs']} epochs at "
              f"{ceiling['img_size']} pixels, a small CNN reaches {cnn:.1f} AUC on the test parts and this book's ViT "
-             f"(the same shape, from random weights) {vit:.1f}, against {best_probe:.1f} for the best frozen features. ")
+             f"(the same shape, from random weights, {stem} stem) {vit:.1f}"
+             + (f", the same ViT with a convolutional stem {conv:.1f}" if conv is not None else "")
+             + f", against {best_probe:.1f} for the best frozen features. ")
     if cnn < chance_bound:
         return facts + ("Not even the CNN finds the label with every example: at this input size the images do not "
                         "show it clearly enough, whatever the backbone.")
     if vit < chance_bound:
+        if conv is not None and conv >= chance_bound:
+            return facts + ("The defects are in the images, and this ViT does not learn them even with the labels. "
+                            "With a convolutional stem (`model.stem: conv`) the same transformer learns part of "
+                            "them, still short of the CNN: from so little data the patchify stem finds no local "
+                            "detector, and locality in the first layer gives some of it back. Self-supervision has "
+                            "to find the defects without labels, which is harder still; the gap between the "
+                            "regimens that the paper shows needs its setting, a ViT pretrained on ImageNet, at 224 "
+                            "pixels.")
         return facts + ("The defects are in the images, but this ViT does not learn them even with the labels: with "
                         "this little data and no convolution's locality it finds no local detector, so no "
                         "self-supervised objective can give its features one. The gap between the regimens that the "
