@@ -168,3 +168,23 @@ def test_map_quality_sets_dice_beside_attention_and_reads_only_separated_interva
     assert "`deformable` (87.5) > `global` (66.0) > `triangular` (57.5)" in text
     assert "heart attention mAP: `span_deformable` is above `span_triangular` by 20.0, and the 95% intervals separate" in text
     assert "lung attention mAP: `span_deformable` 1.0 above `span_triangular`, but the 95% intervals overlap" in text
+
+
+@pytest.mark.parametrize(
+    ("below", "start", "untrained", "says"),
+    [
+        (2.55, 8.5, 11.0, "no better than an untrained network's within sampling error"),
+        (5.3, 14.0, 11.0, "no better than an untrained network's within sampling error"),
+        (5.3, 30.0, 11.0, "better than no training does"),
+        (0.4, 2.0, 20.0, "worse than an untrained network's"),
+    ],
+)
+def test_start_reading_reads_the_knn_gap_against_its_sampling_error(below, start, untrained, says):
+    report = {"loss_below_log_k": below, "steps": 93, "knn_test": 200, "knn_accuracy": start,
+              "knn_accuracy_random": untrained, "knn_chance": 10.0}
+    text = tables.start_reading(report)
+    assert says in text and f"{start:.1f}% against {untrained:.1f}%" in text and "200 held-out images" in text
+    assert ("past the 1.5 nats" in text) == (below >= 1.5) and ("short of the 1.5 nats" in text) == (below < 1.5)
+    # the standard error of a difference of two shares of 200 images: 8.5% and 11.0% give 3.0 points
+    if start == 8.5:
+        assert "standard error is 3.0 points" in text

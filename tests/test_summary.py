@@ -41,6 +41,7 @@ def test_summary_keeps_its_schema_with_intervals_over_seeds(summary):
     assert start["steps"] > 0 and start["log_k"] > 0
     assert start["loss_below_log_k"] == pytest.approx(start["log_k"] - start["dino_loss"])
     assert 0 <= start["knn_accuracy"] <= 100 and start["knn_chance"] == pytest.approx(10.0)
+    assert start["knn_test"] > 0 and "held-out images" in tables.start_reading(start)
     dice = summary["knowledge_map_dice"]
     assert set(dice) == {"triangular", "global", "deformable"}
     assert all(set(d) == {"left_lung", "right_lung", "heart"} and all(0 <= v <= 100 for v in d.values())
@@ -59,6 +60,18 @@ def test_summary_tables_show_every_interval(summary):
     assert list(tables.map_quality_table(summary).index) == ["triangular", "global", "deformable"]
     runs = trained_runs("smoke", SEEDS)
     assert len(runs) == (5 + 3) * len(SEEDS) and all(r.summary for r in runs.values())
+
+
+def test_a_start_report_written_before_a_key_was_added_is_computed_again(summary):
+    from spanlib.book.start import start_dir, start_report
+
+    path = start_dir("smoke") / "report.json"
+    stale = json.loads(path.read_text())
+    del stale["knn_test"]
+    stale["knn_accuracy"] = -1.0
+    path.write_text(json.dumps(stale))
+    fresh = start_report("smoke")
+    assert fresh["knn_test"] > 0 and fresh["knn_accuracy"] == summary["pretrained_start"]["knn_accuracy"]
 
 
 def test_ablations_choose_lambda_on_validation_and_cover_every_term_setting():

@@ -353,8 +353,41 @@ def start_table(report: Mapping[str, Any]) -> pd.DataFrame:
         "k-NN accuracy, shared start (%)": round(report["knn_accuracy"], 1),
         "k-NN accuracy, untrained network (%)": round(report["knn_accuracy_random"], 1),
         "k-NN accuracy, chance (%)": round(report["knn_chance"], 1),
+        "k-NN held-out images": report["knn_test"],
     }
     return pd.DataFrame({"shared start": rows})
+
+
+def start_reading(report: Mapping[str, Any], nats: float = BEGUN_NATS, z: float = 2.0) -> str:
+    """What the shared start's report says (Markdown): how far DINO got, and whether its k-NN beats no training.
+
+    The k-NN accuracies of the start and of the untrained network are each a
+    share of ``knn_test`` held-out images; their difference is read as real
+    only where it exceeds ``z`` standard errors of a difference of two
+    proportions.
+
+    Args:
+        report: :func:`spanlib.book.start.start_report`'s result.
+        nats: the loss gap below log K read as self-distillation under way.
+        z: standard errors a k-NN difference must exceed to be read.
+    """
+    below, n = report["loss_below_log_k"], report["knn_test"]
+    start, untrained = report["knn_accuracy"], report["knn_accuracy_random"]
+    p, q = start / 100.0, untrained / 100.0
+    error = 100.0 * math.sqrt((p * (1 - p) + q * (1 - q)) / n)
+    loss = (f"DINO's loss ended {below:.2f} nats below log K after {report['steps']} steps, "
+            + ("past" if below >= nats else "short of") + f" the {nats:g} nats this book reads as self-distillation "
+            "under way. ")
+    facts = (f"On the {n} held-out images of the k-NN task its features score {start:.1f}% against "
+             f"{untrained:.1f}% for an untrained network (chance {report['knn_chance']:.1f}%; the difference's "
+             f"standard error is {error:.1f} points): ")
+    if start - untrained > z * error:
+        return loss + facts + "the start's features tell the held-out classes apart better than no training does."
+    if untrained - start > z * error:
+        return loss + facts + ("the start's features are worse than an untrained network's at this task: what it "
+                               "learned is not what tells these classes apart.")
+    return loss + facts + ("no better than an untrained network's within sampling error: whatever the start learned "
+                           "does not show in this task.")
 
 
 def lambda_table(ablations: Mapping[str, Any]) -> pd.DataFrame:
