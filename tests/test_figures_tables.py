@@ -173,8 +173,8 @@ def test_map_quality_sets_dice_beside_attention_and_reads_only_separated_interva
 @pytest.mark.parametrize(
     ("below", "start", "untrained", "says"),
     [
-        (2.55, 8.5, 11.0, "no better than an untrained network's within sampling error"),
-        (5.3, 14.0, 11.0, "no better than an untrained network's within sampling error"),
+        (2.55, 8.5, 11.0, "Within sampling error that is no better than an untrained network"),
+        (5.3, 14.0, 11.0, "Within sampling error that is no better than an untrained network"),
         (5.3, 30.0, 11.0, "better than no training does"),
         (0.4, 2.0, 20.0, "worse than an untrained network's"),
     ],

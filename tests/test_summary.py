@@ -74,6 +74,18 @@ def test_a_start_report_written_before_a_key_was_added_is_computed_again(summary
     assert fresh["knn_test"] > 0 and fresh["knn_accuracy"] == summary["pretrained_start"]["knn_accuracy"]
 
 
+def test_the_frozen_start_is_one_run_whatever_the_seed(summary, capsys):
+    from spanlib.book.runs import ensure_pretrained
+
+    first = ensure_pretrained("smoke", "dino_start", seed=0)
+    made = (first.path / "done.json").stat().st_mtime_ns
+    capsys.readouterr()
+    for seed in (1, 2, 0):
+        assert ensure_pretrained("smoke", "dino_start", seed=seed).path == first.path
+    assert "training it again" not in capsys.readouterr().out
+    assert (first.path / "done.json").stat().st_mtime_ns == made
+
+
 def test_ablations_choose_lambda_on_validation_and_cover_every_term_setting():
     result = build_ablations("smoke")
     assert [row["lambda"] for row in result["lambda"]] == [0.05, 0.5, 5.0, 50.0]

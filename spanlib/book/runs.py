@@ -212,8 +212,11 @@ def ensure_pretrained(
     if from_start is None:
         from_start = continues_start(preset)
     from_start = (bool(from_start) or regimen == "dino_start") and regimen != "random"
-    # the frozen start has one set of weights whatever the seed: one run directory (its features cached once)
-    key = RunKey(preset, regimen, 0 if regimen == "dino_start" else seed, lambda_span, epochs, dataset,
+    # the frozen start has one set of weights whatever the seed: one run directory (its features cached once),
+    # made with one configuration (a seed in it would make every seed's call find it "changed" and redo it)
+    if regimen == "dino_start":
+        seed = 0
+    key = RunKey(preset, regimen, seed, lambda_span, epochs, dataset,
                  str(data) if data else None, terms, renormalize, from_start)
     root = project_root()
     if data:

@@ -380,14 +380,14 @@ def start_reading(report: Mapping[str, Any], nats: float = BEGUN_NATS, z: float 
             "under way. ")
     facts = (f"On the {n} held-out images of the k-NN task its features score {start:.1f}% against "
              f"{untrained:.1f}% for an untrained network (chance {report['knn_chance']:.1f}%; the difference's "
-             f"standard error is {error:.1f} points): ")
+             f"standard error is {error:.1f} points). ")
     if start - untrained > z * error:
-        return loss + facts + "the start's features tell the held-out classes apart better than no training does."
+        return loss + facts + "The start's features tell the held-out classes apart better than no training does."
     if untrained - start > z * error:
-        return loss + facts + ("the start's features are worse than an untrained network's at this task: what it "
+        return loss + facts + ("The start's features are worse than an untrained network's at this task: what it "
                                "learned is not what tells these classes apart.")
-    return loss + facts + ("no better than an untrained network's within sampling error: whatever the start learned "
-                           "does not show in this task.")
+    return loss + facts + ("Within sampling error that is no better than an untrained network: whatever the start "
+                           "learned does not show in this task.")
 
 
 def lambda_table(ablations: Mapping[str, Any]) -> pd.DataFrame:
