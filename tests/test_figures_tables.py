@@ -9,7 +9,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from spanlib.figures import results, tables
+from spanlib.figures import inspection, results, tables
 from spanlib.figures.style import BookFigure
 
 PAPER = {"heart": {"SPAN deformable": 90.0, "DINO (CheX augm.)": 30.0},
@@ -46,7 +46,7 @@ def test_linear_probe_table_and_per_finding():
 
 def _fewshot():
     size = lambda m: {"mean": m, "ci95": [m - 2, m + 2], "aucs": [m] * 3}  # noqa: E731
-    return tables.fewshot_table({"dino": {"sizes": {"4": size(50.0), "8": size(55.0)}},
+    return inspection.fewshot_table({"dino": {"sizes": {"4": size(50.0), "8": size(55.0)}},
                                  "span": {"sizes": {"4": size(60.0), "8": size(62.0)}}})
 
 
@@ -54,11 +54,11 @@ def test_fewshot_table_check_and_verdict():
     table = _fewshot()
     assert set(table.columns) >= {"regimen", "labels", "AUC", "95% CI low", "95% CI high", "draws"}
     assert table["labels"].tolist() == [4, 8, 4, 8] and table["draws"].tolist() == [3] * 4
-    check = tables.all_labels_check({"dino": {"mAUC": 58.0}, "span": {"mAUC": 70.0}}, table)
+    check = inspection.all_labels_check({"dino": {"mAUC": 58.0}, "span": {"mAUC": 70.0}}, table)
     assert check.loc["span", "AUC, 8 labels"] == 62.0
-    assert "only weakly" in tables.fewshot_verdict(check, 64, 8, 5, 128)
-    assert "do carry the defects" in tables.fewshot_verdict(check, 64, 8, 5, 128, target=65.0)
-    low = tables.fewshot_verdict(check, 64, 8, 5, 128, chance_bound=75.0)
+    assert "only weakly" in inspection.fewshot_verdict(check, 64, 8, 5, 128)
+    assert "do carry the defects" in inspection.fewshot_verdict(check, 64, 8, 5, 128, target=65.0)
+    low = inspection.fewshot_verdict(check, 64, 8, 5, 128, chance_bound=75.0)
     assert "close to chance" in low and "128-pixel parts at 64 pixels" in low and "70.0 AUC" in low
 
 

@@ -58,7 +58,7 @@ def fewshot_curves(table: pd.DataFrame, sizes: Sequence[int] = (4, 8, 16, 32)) -
     """Test AUC against the number of labels, one line per regimen with its 95% interval.
 
     Args:
-        table: :func:`spanlib.figures.tables.fewshot_table`.
+        table: :func:`spanlib.figures.inspection.fewshot_table`.
         sizes: the ticks of the (log 2) label axis.
     """
     fig = BookFigure(figsize=(5, 3.4), layout="constrained")
