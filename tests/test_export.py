@@ -54,3 +54,15 @@ def test_student_differs_from_teacher_and_cli(smoke_run, tmp_path, capsys):
     assert any(not torch.equal(student[k], teacher[k]) for k in student)
     assert main(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "checkpoint not found" in capsys.readouterr().out
+
+
+def test_a_conv_stem_run_is_refused_with_what_loads_it(tmp_path):
+    from conftest import toy_samples
+
+    cfg = resolve("smoke", "dino_cxr", {"model.stem": "conv", "span.knowledge_maps": "masks"})
+    pretrain(cfg, tmp_path / "run", samples=toy_samples())
+    with pytest.raises(ValueError, match="'conv' stem .* timm alone cannot build.*load_backbone"):
+        export_backbone(tmp_path / "run", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    _, backbone, _ = load_backbone(tmp_path / "run")  # spanlib itself loads it
+    assert backbone(torch.randn(1, 3, cfg.model.img_size, cfg.model.img_size)).shape[-1] == backbone.num_features

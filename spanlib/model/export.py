@@ -80,10 +80,16 @@ def export_backbone(run: str | Path, out: str | Path, which: str = "teacher") ->
 
     Returns:
         ``{"weights", "config", "step", "tensors", "parameters"}``.
+
+    Raises:
+        ValueError: the run's ViT has a stem timm does not know (``model.stem: conv``).
     """
     from safetensors.torch import save_file
 
     cfg, model, info = load_backbone(run, which)
+    if cfg.model.stem != "patch":
+        raise ValueError(f"{run}: its ViT has a {cfg.model.stem!r} stem (model.stem), which timm alone cannot build; "
+                         "export writes timm-only backbones: load this one with spanlib.model.export.load_backbone")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
