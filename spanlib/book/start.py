@@ -71,7 +71,7 @@ def ensure_start(preset: str) -> Path | None:
     if missing:
         raise ValueError(f"preset {preset!r}: the start pools {missing}, which the preset's data does not make")
     cfg = cfg.replace(**{"run.data": [str(paths[d]) for d in datasets]})
-    with folder_lock(out):  # out is runs/<preset>/start: the same .start.lock as before
+    with folder_lock(out):
         if (out / "done.json").is_file():
             return out
         if (out / "config.yaml").is_file() and load_config(out / "config.yaml") != cfg:

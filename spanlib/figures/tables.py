@@ -12,6 +12,8 @@ the paper's row name.
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -266,7 +268,10 @@ def start_reading(report: Mapping[str, Any], nats: float = BEGUN_NATS, z: float 
     The k-NN accuracies of the start and of the untrained network are each a
     share of ``knn_test`` held-out images; their difference is read as real
     only where it exceeds ``z`` standard errors of a difference of two
-    proportions.
+    independent proportions. Both networks score the same images, and the
+    report keeps no per-image predictions for a paired test; where their
+    errors are positively correlated this standard error is the larger one,
+    so the reading errs towards "no difference".
 
     Args:
         report: :func:`spanlib.book.start.start_report`'s result.
@@ -390,10 +395,8 @@ def self_distillation_reading(health: pd.DataFrame, arch: str, img_size: int, ep
     elif len(behind) == 0:
         reading = f": the self-distillation objective has made clear progress (at least {nats:g} nats) in every run."
     else:
-        groups: dict[str, int] = {}
-        for name in behind:  # "regimen (dataset, seed s)" -> "regimen (dataset)"
-            group = str(name).split(", seed")[0] + (")" if ", seed" in str(name) else "")
-            groups[group] = groups.get(group, 0) + 1
+        # "regimen (dataset, seed s)" -> "regimen (dataset)": the seeds of one regimen counted together
+        groups = Counter(re.sub(r", seed \d+\)$", ")", str(name)) for name in behind)
         listed = ", ".join(f"{g} ({n} run{'s' if n > 1 else ''})" for g, n in groups.items())
         reading = (
             f": {len(health) - len(behind)} of {len(health)} runs end at least {nats:g} nats below log K; in the others "
