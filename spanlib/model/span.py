@@ -90,6 +90,54 @@ def span_loss(
     return SpanTerms(loss=loss, inside=inside.mean(), outside=outside.mean(), inside_share=share.detach())
 
 
+def coverage_loss(
+    attention: torch.Tensor,
+    knowledge_maps: torch.Tensor,
+    head_index: list[int] | tuple[int, ...],
+    weight: float,
+) -> SpanTerms:
+    """The coverage term, an extension of the book (not the paper's method): KL from the normalised map to the head.
+
+    For an assigned head with patch attention ``a`` (renormalised to sum to
+    one over the patches) and map ``K`` on the patch grid, the target is the
+    map normalised to a distribution, ``q = K / sum(K)``, and the term is
+
+        L_cov = weight * KL(q || a) = weight * sum_p q[p] (log q[p] - log a[p]),
+
+    averaged over assigned heads, images and views. Its only minimum is
+    ``a = q``: the head spreads its attention over the whole map in
+    proportion to it, where the paper's linear terms are met as well by a
+    head that piles its mass on a few patches inside the map (and AP rewards
+    covering the organ). A view whose crop holds none of a map has no target
+    and adds nothing.
+
+    Args:
+        attention: ``[B, heads, gh, gw]`` CLS attention over patches (student).
+        knowledge_maps: ``[B, O, H, W]`` maps in [0, 1], one per organ.
+        head_index: for organ ``o``, the head it is assigned to.
+        weight: the term's weight.
+
+    Returns:
+        :class:`SpanTerms`: the loss, the mean mass inside and outside the
+        maps (of the renormalised attention) and the share inside.
+    """
+    if knowledge_maps.shape[1] != len(head_index):
+        raise ValueError(f"{knowledge_maps.shape[1]} knowledge maps for {len(head_index)} assigned heads")
+    if knowledge_maps.shape[0] != attention.shape[0]:
+        raise ValueError(f"{knowledge_maps.shape[0]} map sets for {attention.shape[0]} attention maps")
+    grid_maps = maps_to_grid(knowledge_maps, tuple(attention.shape[-2:]))
+    heads = attention[:, list(head_index)].float()
+    heads = heads / heads.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    mass = grid_maps.sum(dim=(-2, -1), keepdim=True)
+    target = grid_maps / mass.clamp_min(1e-12)
+    divergence = (torch.special.xlogy(target, target) - target * torch.log(heads.clamp_min(1e-12))).sum(dim=(-2, -1))
+    has_map = mass[..., 0, 0] > 0  # [B, O]
+    kl = (divergence * has_map).sum() / has_map.sum().clamp_min(1)
+    inside = (heads * grid_maps).sum(dim=(-2, -1))
+    return SpanTerms(loss=weight * kl, inside=inside.mean(), outside=(1 - inside).mean(),
+                     inside_share=inside.mean().detach())
+
+
 def inside_share(attention: torch.Tensor, knowledge_maps: torch.Tensor, head_index: list[int]) -> torch.Tensor:
     """Per image and organ: share of the assigned head's attention inside its map ``[B, O]``."""
     grid_maps = maps_to_grid(knowledge_maps, tuple(attention.shape[-2:]))
