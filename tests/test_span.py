@@ -145,3 +145,20 @@ def test_a_view_without_its_map_adds_no_coverage_term():
     terms.loss.backward()
     assert a.grad[1, 1].abs().sum() == 0 and a.grad[0, 1].abs().sum() > 0
     assert a.grad[:, [0, 2, 3, 5]].abs().sum() == 0
+
+
+def test_the_config_picks_the_papers_terms_the_coverage_term_or_both():
+    from spanlib.core.configs import SpanConfig
+    from spanlib.model.span import span_terms, uses_span
+
+    a, maps = torch.rand(2, 6, 4, 4), torch.rand(2, 2, 32, 32)
+    heads = {"left_lung": 1, "heart": 4}
+    paper = SpanConfig(assigned_heads=heads, lambda_inclusion=3.0, lambda_exclusion=2.0)
+    coverage = SpanConfig(assigned_heads=heads, lambda_coverage=5.0)
+    both = SpanConfig(assigned_heads=heads, lambda_inclusion=3.0, lambda_exclusion=2.0, lambda_coverage=5.0)
+    assert span_terms(a, maps, [1, 4], paper).loss == span_loss(a, maps, [1, 4], 3.0, 2.0).loss
+    assert span_terms(a, maps, [1, 4], coverage).loss == coverage_loss(a, maps, [1, 4], 5.0).loss
+    assert span_terms(a, maps, [1, 4], both).loss.item() == pytest.approx(
+        (span_loss(a, maps, [1, 4], 3.0, 2.0).loss + coverage_loss(a, maps, [1, 4], 5.0).loss).item())
+    assert [uses_span(c) for c in (paper, coverage, both, SpanConfig(), SpanConfig(lambda_coverage=1.0))] == [
+        True, True, True, False, False]

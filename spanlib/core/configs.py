@@ -309,6 +309,10 @@ class SpanConfig(FrozenConfig):
             ``python -m spanlib templates build``.
         renormalize: renormalise each assigned head's patch attention to sum
             to one before the terms (see :mod:`spanlib.model.span` for why).
+        lambda_coverage: weight of the coverage term, an extension of the
+            book and not the paper's method: KL from the normalised map to
+            the head's attention (:func:`spanlib.model.span.coverage_loss`).
+            0 (the default) is the paper's regularizer alone.
     """
 
     assigned_heads: dict[str, int] = field(default_factory=dict)
@@ -316,6 +320,7 @@ class SpanConfig(FrozenConfig):
     lambda_exclusion: float = 0.0
     knowledge_maps: str | None = None
     renormalize: bool = True
+    lambda_coverage: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from spanlib.core.configs import SpanConfig
+
 
 def maps_to_grid(knowledge_maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Fraction of each patch covered by the map: ``[B, O, H, W] -> [B, O, gh, gw]``."""
@@ -136,6 +138,30 @@ def coverage_loss(
     inside = (heads * grid_maps).sum(dim=(-2, -1))
     return SpanTerms(loss=weight * kl, inside=inside.mean(), outside=(1 - inside).mean(),
                      inside_share=inside.mean().detach())
+
+
+def uses_span(cfg: SpanConfig) -> bool:
+    """Whether a run's SPAN section regularizes any head (assigned heads and a weight above zero)."""
+    return bool(cfg.assigned_heads) and max(cfg.lambda_inclusion, cfg.lambda_exclusion, cfg.lambda_coverage) > 0
+
+
+def span_terms(attention: torch.Tensor, knowledge_maps: torch.Tensor, head_index: list[int] | tuple[int, ...],
+               cfg: SpanConfig) -> SpanTerms:
+    """The regularizer a run's SPAN section asks for: the paper's terms, plus the coverage term when weighted.
+
+    With ``lambda_coverage`` 0 this is :func:`span_loss` exactly (the paper's
+    method); with the paper's weights 0 it is :func:`coverage_loss` alone.
+    """
+    paper = cfg.lambda_inclusion > 0 or cfg.lambda_exclusion > 0
+    if paper:
+        terms = span_loss(attention, knowledge_maps, head_index, cfg.lambda_inclusion, cfg.lambda_exclusion,
+                          cfg.renormalize)
+        if cfg.lambda_coverage <= 0:
+            return terms
+        extra = coverage_loss(attention, knowledge_maps, head_index, cfg.lambda_coverage)
+        return SpanTerms(loss=terms.loss + extra.loss, inside=terms.inside, outside=terms.outside,
+                         inside_share=terms.inside_share)
+    return coverage_loss(attention, knowledge_maps, head_index, cfg.lambda_coverage)
 
 
 def inside_share(attention: torch.Tensor, knowledge_maps: torch.Tensor, head_index: list[int]) -> torch.Tensor:

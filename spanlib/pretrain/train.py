@@ -33,7 +33,7 @@ from spanlib.pretrain.augment import ViewMaker
 from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json
 from spanlib.core.configs import Config, load_config
 from spanlib.pretrain.loader import EpochBatchSampler, ViewDataset, collate, knowledge_map_source
-from spanlib.model.span import span_loss
+from spanlib.model.span import span_terms, uses_span
 from spanlib.model.vit import build_vit
 
 
@@ -173,7 +173,7 @@ class Pretrainer:
         np.random.seed(cfg.run.seed % (2**32))
         self.organs = tuple(cfg.span.assigned_heads)
         self.head_index = [cfg.span.assigned_heads[o] for o in self.organs]
-        self.use_span = bool(self.organs) and (cfg.span.lambda_inclusion > 0 or cfg.span.lambda_exclusion > 0)
+        self.use_span = uses_span(cfg.span)
 
         backbone = build_vit(cfg.model)
         heads = backbone.blocks[-1].attn.num_heads
@@ -363,14 +363,7 @@ class Pretrainer:
                     loss = dino_loss
                     if self.use_span:
                         maps = batch["global_maps"].to(rt.device).flatten(0, 1)
-                        terms = span_loss(
-                            attention,
-                            maps,
-                            self.head_index,
-                            cfg.span.lambda_inclusion,
-                            cfg.span.lambda_exclusion,
-                            cfg.span.renormalize,
-                        )
+                        terms = span_terms(attention, maps, self.head_index, cfg.span)
                         loss = loss + terms.loss
                         diag["inside_share"] = diag.get("inside_share", 0.0) + terms.inside_share.item() / len(micro_batches)
                 (loss / len(micro_batches)).backward()
