@@ -143,13 +143,13 @@ class StudyResults:
 
     def description(self, root: Path) -> str:
         """The chapter's opening lines: the digits, the canvases (relative to ``root``), the base model, the time."""
-        base = self.study.base
+        base, model = self.study.base, self.study.base.model
         return "\n".join([
             f"digits: {self.data_source}",
             f"canvases: {self.data.relative_to(root)} ({self.n_test} test and {self.n_val} validation canvases scored; "
             "training canvases drawn on the fly around digits of the training pool)",
-            f"base model: ViT, {base.img_size} px input, patch {base.patch_size} ({base.grid}x{base.grid} grid), "
-            f"width {base.embed_dim}, {base.depth} blocks, {base.num_heads} heads; batch {base.batch_size}, "
+            f"base model: ViT, {model.img_size} px input, patch {model.patch_size} ({base.grid}x{base.grid} grid), "
+            f"width {model.embed_dim}, {model.depth} blocks, {model.num_heads} heads; batch {base.optim.batch_size}, "
             f"{base.steps} steps per variant",
             f"variants trained or loaded in {self.wall_s:.0f} s (training time as recorded: "
             f"{self.training_seconds():.0f} s)",

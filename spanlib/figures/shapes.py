@@ -45,7 +45,7 @@ def last_logged(log: Sequence[Mapping[str, Any]], key: str) -> float:
 
 def chance_loss(config: Any) -> float:
     """The loss of a model that has learned nothing: log(2N - 1) for NCE over N canvases, log K for DINO."""
-    return math.log(2 * config.batch_size - 1) if config.loss == "nce" else math.log(config.out_dim)
+    return math.log(2 * config.optim.batch_size - 1) if config.loss == "nce" else math.log(config.dino.out_dim)
 
 
 def loss_table(variants: Mapping[str, Any], names: Sequence[str]) -> pd.DataFrame:
