@@ -301,7 +301,7 @@ def test_run_study_end_to_end_on_written_data(tmp_path):
     base = _tiny(steps=1)
     study = A.StudyPreset(
         base=base,
-        variants=(A.Variant("untrained", "untrained", {"steps": 0}), A.Variant("nce", "NCE", {"loss": "nce"})),
+        variants=(A.Variant("untrained", "untrained", {"optim.epochs": 0}), A.Variant("nce", "NCE", {"loss": "nce"})),
         comparisons={"all": ("untrained", "nce")},
         n_eval=3,
         n_show=1,
@@ -313,7 +313,7 @@ def test_run_study_end_to_end_on_written_data(tmp_path):
     assert set(results.headline()) == {"untrained", "nce"}
     lines = results.description(tmp_path).splitlines()
     assert lines[0] == "digits: test strokes" and lines[1].startswith("canvases: digits (3 test and 3 validation")
-    assert f"patch {base.patch_size}" in lines[2] and results.wall_s > 0 and "trained or loaded in" in lines[3]
+    assert f"patch {base.model.patch_size}" in lines[2] and results.wall_s > 0 and "trained or loaded in" in lines[3]
     from spanlib.attention_study.figures import comparison_figure, head_bar_figure, training_figure
 
     assert comparison_figure(results, ["untrained", "nce"]).axes
