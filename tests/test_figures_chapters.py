@@ -50,8 +50,8 @@ def test_compare_and_reading():
 
 
 def _variant(label, loss="dino", log=(), steps=10, mass=(1.0, 3.0)):
-    config = SimpleNamespace(loss=loss, views="digit", crops=1, img_size=64, patch_size=8, steps=steps, grid=8,
-                             batch_size=8, out_dim=256)
+    config = SimpleNamespace(loss=loss, views="digit", crops=1, model=SimpleNamespace(img_size=64, patch_size=8),
+                             steps=steps, grid=8, optim=SimpleNamespace(batch_size=8), dino=SimpleNamespace(out_dim=256))
     return SimpleNamespace(label=label, config=config, log=list(log), seconds=2.0,
                            head_means=lambda metric: np.array(mass))
 
