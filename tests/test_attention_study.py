@@ -34,8 +34,12 @@ def renderer() -> A.CanvasRenderer:
     return A.CanvasRenderer(_source(), np.arange(30), CONFIG)
 
 
+FLAT = {"steps": "optim.epochs", "img_size": "model.img_size", "patch_size": "model.patch_size",
+        "lr": "optim.lr", "batch_size": "optim.batch_size"}
+
+
 def _tiny(**changes) -> A.StudyConfig:
-    return A.study_preset("smoke").base.replace(**changes)
+    return A.study_preset("smoke").base.replace(**{FLAT.get(k, k): v for k, v in changes.items()})
 
 
 # ---------------------------------------------------------------------------- NCE
@@ -160,7 +164,7 @@ def test_study_config_rejects_bad_values():
     with pytest.raises(ValueError, match="loss must be one of"):
         A.StudyConfig(loss="byol")
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
-        A.StudyConfig(img_size=60, patch_size=8)
+        A.StudyConfig.from_dict({"model": {"img_size": 60, "patch_size": 8}})
     with pytest.raises(ValueError, match="crop_scale"):
         A.StudyConfig(crop_scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="no fields"):
@@ -190,7 +194,7 @@ def test_a_tiny_training_run_gives_finite_losses(renderer, loss):
     assert [r["step"] for r in trained.log] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in trained.log)
     att = A.attention_maps(trained.backbone, cfg, np.zeros((2, 64, 64), np.float32))
-    assert att.shape == (2, cfg.num_heads, cfg.grid, cfg.grid)
+    assert att.shape == (2, cfg.model.num_heads, cfg.grid, cfg.grid)
 
 
 def test_batches_are_the_same_in_a_worker_process_and_in_process(renderer):
@@ -219,11 +223,11 @@ def test_cached_variant_is_loaded_and_a_changed_config_retrains(renderer, tmp_pa
     assert not first.cached and again.cached
     for p, q in zip(first.backbone.parameters(), again.backbone.parameters()):
         assert torch.equal(p, q)
-    changed = A.ensure_variant("v", cfg.replace(lr=cfg.lr / 2), renderer, meta, tmp_path)
+    changed = A.ensure_variant("v", cfg.replace(**{"optim.lr": cfg.optim.lr / 2}), renderer, meta, tmp_path)
     assert not changed.cached
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
     messages = []
-    again = A.ensure_variant("v", cfg.replace(lr=cfg.lr / 2), renderer, meta, tmp_path, progress=messages.append)
+    again = A.ensure_variant("v", cfg.replace(**{"optim.lr": cfg.optim.lr / 2}), renderer, meta, tmp_path, progress=messages.append)
     assert not again.cached and "unusable" in messages[0]
 
 
@@ -297,7 +301,7 @@ def test_run_study_end_to_end_on_written_data(tmp_path):
     base = _tiny(steps=1)
     study = A.StudyPreset(
         base=base,
-        variants=(A.Variant("untrained", "untrained", {"steps": 0}), A.Variant("nce", "NCE", {"loss": "nce"})),
+        variants=(A.Variant("untrained", "untrained", {"optim.epochs": 0}), A.Variant("nce", "NCE", {"loss": "nce"})),
         comparisons={"all": ("untrained", "nce")},
         n_eval=3,
         n_show=1,
@@ -309,7 +313,7 @@ def test_run_study_end_to_end_on_written_data(tmp_path):
     assert set(results.headline()) == {"untrained", "nce"}
     lines = results.description(tmp_path).splitlines()
     assert lines[0] == "digits: test strokes" and lines[1].startswith("canvases: digits (3 test and 3 validation")
-    assert f"patch {base.patch_size}" in lines[2] and results.wall_s > 0 and "trained or loaded in" in lines[3]
+    assert f"patch {base.model.patch_size}" in lines[2] and results.wall_s > 0 and "trained or loaded in" in lines[3]
     from spanlib.attention_study.figures import comparison_figure, head_bar_figure, training_figure
 
     assert comparison_figure(results, ["untrained", "nce"]).axes

@@ -14,6 +14,7 @@ from spanlib.byol import (
     BYOL_STUDIES,
     BYOL_PRESETS,
     ByolConfig,
+    ByolOptimConfig,
     ByolNetwork,
     ByolViews,
     best_iou,
@@ -35,7 +36,7 @@ from spanlib.byol.masks import label_areas
 from spanlib.byol.train import build_networks
 
 TINY = dict(image_size=16, widths=(4, 8), proj_hidden=8, proj_dim=4, n_segments=6, k=2, kmeans_iters=3,
-            epochs=2, batch_size=4, warmup_epochs=0, threads=1)
+            optim=ByolOptimConfig(epochs=2, batch_size=4, warmup_epochs=0), threads=1)
 
 
 def blobs(n_per: int = 20, d: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

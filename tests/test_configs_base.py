@@ -120,7 +120,7 @@ def test_byol_presets_are_the_pinned_values():
     assert list(BYOL_PRESETS) == ["smoke", "book", "paper"] and BYOL_PRESETS["book"] == {}
     assert byol_config("book") == ByolConfig()
     paper = byol_config("paper")
-    assert (paper.image_size, paper.widths, paper.k, paper.lr, paper.weight_decay) == (128, (64, 128, 256, 512), 64,
+    assert (paper.image_size, paper.widths, paper.k, paper.optim.lr, paper.optim.weight_decay) == (128, (64, 128, 256, 512), 64,
                                                                                         1e-3, 1e-6)
     assert paper.crop_scale == (0.08, 1.0) and paper.blur_sigma == (0.1, 2.0) and paper.threads == 8
     assert BYOL_PRESETS["smoke"]["widths"] == (8, 16)  # the YAML list, as the config holds it
@@ -137,15 +137,17 @@ def test_study_presets_are_the_pinned_values():
     assert [v.name for v in book.variants] == ["untrained", "dino_same", "nce_same", "dino_digit", "nce_digit",
                                                "dino_digit_crops2", "dino_digit_crops4", "dino_digit_lowres",
                                                "dino_digit_bigpatch"]
-    assert book.config("dino_digit_crops4").batch_size == 8 and book.config("dino_digit_lowres").img_size == 32
+    assert book.config("dino_digit_crops4").optim.batch_size == 8
+    assert book.config("dino_digit_lowres").model.img_size == 32
     assert book.label("dino_digit_lowres") == "DINO, digit-only, 32 px input"
     assert book.comparisons["crops per branch"] == ("dino_digit", "dino_digit_crops2", "dino_digit_crops4")
     paper = study_preset("paper").base
-    assert (paper.img_size, paper.embed_dim, paper.depth, paper.steps, paper.out_dim, paper.lr) == (
-        112, 384, 12, 3000, 65536, 5e-4)
-    assert paper.use_bn_in_head is False and paper.freeze_last_layer_steps == 300
+    assert (paper.model.img_size, paper.model.embed_dim, paper.model.depth, paper.steps, paper.dino.out_dim,
+            paper.optim.lr) == (112, 384, 12, 3000, 65536, 5e-4)
+    assert paper.dino.use_bn_in_head is False and paper.dino.freeze_last_layer == 300
     smoke = study_preset("smoke")
-    assert (smoke.base.embed_dim, smoke.base.steps, smoke.config("dino_digit_crops2").batch_size) == (32, 2, 4)
+    assert (smoke.base.model.embed_dim, smoke.base.steps, smoke.config("dino_digit_crops2").optim.batch_size) == (
+        32, 2, 4)
     assert StudyPreset.from_dict(smoke.to_dict()) == smoke  # the whole preset round-trips
 
 

@@ -33,7 +33,18 @@ AP of digit against clutter ink), :mod:`~spanlib.attention_study.study`
 :mod:`~spanlib.attention_study.figures`.
 """
 
-from spanlib.attention_study.config import LOSSES, PRESETS, VIEW_MODES, StudyConfig, StudyPreset, Variant, study_preset
+from spanlib.attention_study.config import (
+    LOSSES,
+    PRESETS,
+    VIEW_MODES,
+    StudyConfig,
+    StudyDinoConfig,
+    StudyModelConfig,
+    StudyOptimConfig,
+    StudyPreset,
+    Variant,
+    study_preset,
+)
 from spanlib.attention_study.losses import ProjectionHead, branch_dino_loss, branch_nce_loss, nt_xent, positive_top1
 from spanlib.attention_study.scoring import (
     METRICS,
@@ -72,6 +83,9 @@ __all__ = [
     "EvalSet",
     "ProjectionHead",
     "StudyConfig",
+    "StudyDinoConfig",
+    "StudyModelConfig",
+    "StudyOptimConfig",
     "StudyPreset",
     "StudyResults",
     "TrainedVariant",

@@ -1,6 +1,10 @@
-"""Configuration of the attention study: one frozen dataclass per variant, presets as data.
+"""Configuration of the attention study: one frozen dataclass per variant, built from the component configs.
 
-The presets are ``spanlib/attention_study/presets.yaml``, read into :data:`PRESETS`.
+A variant's :class:`StudyConfig` holds the same component configs as a
+pretraining run (model, DINO, optimiser; :mod:`spanlib.core.configs`) with
+the study's defaults, plus its loss, views and augmentations. The presets are
+the ``attention_study`` sections of the project presets
+(``spanlib/presets/<name>.yaml``), read into :data:`PRESETS`.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spanlib.core.configs import DinoConfig, FrozenConfig, ModelConfig, read_package_yaml
+from spanlib.core.configs import DinoConfig, FrozenConfig, ModelConfig, OptimConfig, load_preset
 
 LOSSES: tuple[str, ...] = ("dino", "nce")
 """Self-supervised losses compared: DINO's cross-entropy and SimCLR's NT-Xent."""
@@ -19,26 +23,72 @@ VIEW_MODES: tuple[str, ...] = ("same", "digit_only")
 
 
 @dataclass(frozen=True)
+class StudyModelConfig(ModelConfig):
+    """The study's backbone: :class:`~spanlib.core.configs.ModelConfig` with the study's defaults.
+
+    A small grey-input ViT (64 px, patch 8, width 64, 2 blocks, 4 heads), no drop path.
+    """
+
+    arch: str = "vit_tiny_patch16_224"
+    img_size: int = 64
+    patch_size: int | None = 8
+    embed_dim: int | None = 64
+    depth: int | None = 2
+    num_heads: int | None = 4
+    in_chans: int = 1
+    drop_path_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class StudyDinoConfig(DinoConfig):
+    """The study's DINO head and loss: :class:`~spanlib.core.configs.DinoConfig` with the study's defaults.
+
+    A small head with BatchNorm (keeps a small model from collapsing, see
+    ``benchmarks/collapse.md``), no teacher-temperature warm-up;
+    ``freeze_last_layer`` counts steps (an epoch of the study is one step).
+    """
+
+    out_dim: int = 256
+    hidden_dim: int = 256
+    bottleneck_dim: int = 64
+    use_bn_in_head: bool = True
+    momentum_teacher: float = 0.99
+    freeze_last_layer: int = 0
+
+
+@dataclass(frozen=True)
+class StudyOptimConfig(OptimConfig):
+    """The study's optimiser and schedules: :class:`~spanlib.core.configs.OptimConfig` with the study's defaults.
+
+    The study draws fresh canvases every step, so an epoch is one step:
+    ``epochs`` is the number of optimizer steps, ``warmup_epochs`` the warm-up steps.
+    """
+
+    batch_size: int = 32
+    epochs: int = 100
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.1
+    clip_grad: float = 3.0
+
+
+@dataclass(frozen=True)
 class StudyConfig(FrozenConfig):
-    """One variant of the study: model, loss, views and schedule.
+    """One variant of the study: loss, views, model, DINO head, optimiser and augmentations.
 
     Attributes:
         loss: ``"dino"`` or ``"nce"`` (see :data:`LOSSES`).
         views: ``"same"`` or ``"digit_only"`` (see :data:`VIEW_MODES`).
         crops: crops per branch (each sample gives ``2 * crops`` views).
-        img_size: side of the model's input in pixels (canvases are resized).
-        patch_size: ViT patch side; the attention grid is ``img_size / patch_size``.
-        embed_dim: ViT width.
-        depth: ViT blocks.
-        num_heads: attention heads per block.
-        batch_size: canvases per step.
-        steps: optimizer steps (0: the untrained network, a reference).
-        lr: peak learning rate (AdamW), after ``warmup_steps`` of linear warm-up.
-        min_lr: learning rate at the end of the cosine decay.
-        warmup_steps: linear warm-up steps.
-        weight_decay: weight decay at the start (cosine schedule, as DINO).
-        weight_decay_end: weight decay at the end.
-        clip_grad: per-parameter gradient norm clip (0: none).
+        model: the ViT (:class:`StudyModelConfig`); ``model.img_size`` is the
+            side of the model's input (canvases are resized), the attention
+            grid is ``img_size / patch_size``.
+        dino: DINO's head and loss (:class:`StudyDinoConfig`, ``dino`` loss only).
+        optim: AdamW and DINO's cosine schedules (:class:`StudyOptimConfig`):
+            ``epochs`` optimizer steps (0: the untrained network, a reference)
+            of ``batch_size`` canvases, ``warmup_epochs`` steps of warm-up.
         crop_scale: area range of the random resized crop.
         rotation_degrees: rotation range, +- degrees.
         blur_p: probability of a Gaussian blur.
@@ -48,34 +98,15 @@ class StudyConfig(FrozenConfig):
         temperature: NT-Xent temperature (``nce``).
         proj_hidden: projection head hidden width (``nce``).
         proj_dim: projection output width (``nce``).
-        out_dim: DINO prototypes (``dino``).
-        hidden_dim: DINO head hidden width.
-        bottleneck_dim: DINO head bottleneck.
-        use_bn_in_head: BatchNorm in the DINO head (keeps a small model from
-            collapsing, see ``benchmarks/collapse.md``).
-        student_temp: DINO student temperature.
-        teacher_temp: DINO teacher temperature.
-        momentum_teacher: EMA momentum at the start (cosine to 1).
-        freeze_last_layer_steps: steps during which DINO's prototype layer is frozen.
         seed: seed of the initialisation, the sampled digits and the views.
     """
 
     loss: str = "dino"
     views: str = "digit_only"
     crops: int = 1
-    img_size: int = 64
-    patch_size: int = 8
-    embed_dim: int = 64
-    depth: int = 2
-    num_heads: int = 4
-    batch_size: int = 32
-    steps: int = 100
-    lr: float = 5e-4
-    min_lr: float = 1e-5
-    warmup_steps: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.1
-    clip_grad: float = 3.0
+    model: StudyModelConfig = field(default_factory=StudyModelConfig)
+    dino: StudyDinoConfig = field(default_factory=StudyDinoConfig)
+    optim: StudyOptimConfig = field(default_factory=StudyOptimConfig)
     crop_scale: tuple[float, float] = (0.5, 1.0)
     rotation_degrees: float = 15.0
     blur_p: float = 0.5
@@ -85,76 +116,63 @@ class StudyConfig(FrozenConfig):
     temperature: float = 0.2
     proj_hidden: int = 256
     proj_dim: int = 64
-    out_dim: int = 256
-    hidden_dim: int = 256
-    bottleneck_dim: int = 64
-    use_bn_in_head: bool = True
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    momentum_teacher: float = 0.99
-    freeze_last_layer_steps: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        problems = [*self._model_problems(), *self._training_problems()]
+        if problems:
+            raise ValueError("StudyConfig: " + "; ".join(problems))
+
+    def _model_problems(self) -> list[str]:
         problems = []
         if self.loss not in LOSSES:
             problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.views not in VIEW_MODES:
             problems.append(f"views must be one of {VIEW_MODES}, got {self.views!r}")
-        for name in ("crops", "img_size", "patch_size", "embed_dim", "depth", "num_heads"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.steps < 0 or self.warmup_steps < 0:
-            problems.append(f"steps and warmup_steps must be non-negative, got {self.steps} and {self.warmup_steps}")
-        if self.patch_size >= 1 and self.img_size % self.patch_size:
-            problems.append(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        if self.num_heads >= 1 and self.embed_dim % self.num_heads:
-            problems.append(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
-        if self.batch_size < 2:
-            problems.append(f"batch_size must be at least 2 (NT-Xent needs negatives), got {self.batch_size}")
+        model = self.model
+        for name, value in (("crops", self.crops), *((f"model.{n}", getattr(model, n)) for n in
+                                                    ("img_size", "patch_size", "embed_dim", "depth", "num_heads"))):
+            if value is None or int(value) < 1:
+                problems.append(f"{name} must be at least 1, got {value}")
+        if (model.patch_size or 0) >= 1 and model.img_size % model.patch_size:
+            problems.append(f"img_size {model.img_size} is not a multiple of patch_size {model.patch_size}")
+        if (model.num_heads or 0) >= 1 and (model.embed_dim or 0) % model.num_heads:
+            problems.append(f"embed_dim {model.embed_dim} is not a multiple of num_heads {model.num_heads}")
+        return problems
+
+    def _training_problems(self) -> list[str]:
+        problems = []
+        optim = self.optim
+        if optim.epochs < 0 or optim.warmup_epochs < 0:
+            problems.append(f"optim.epochs (steps) and optim.warmup_epochs must be non-negative, got "
+                            f"{optim.epochs} and {optim.warmup_epochs}")
+        if optim.optimizer != "adamw" or optim.accum_steps != 1:
+            problems.append(f"the study trains with adamw and no accumulation, got {optim.optimizer!r} and "
+                            f"accum_steps {optim.accum_steps}")
+        if self.dino.warmup_teacher_temp_epochs != 0:
+            problems.append("the study has no teacher-temperature warm-up: dino.warmup_teacher_temp_epochs must be 0")
+        if optim.batch_size < 2:
+            problems.append(f"batch_size must be at least 2 (NT-Xent needs negatives), got {optim.batch_size}")
         low, high = self.crop_scale
         if not 0.0 < low <= high <= 1.0:
             problems.append(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if not 0.0 <= self.blur_p <= 1.0:
             problems.append(f"blur_p must be in [0, 1], got {self.blur_p}")
-        for name in ("temperature", "student_temp", "teacher_temp", "std", "lr"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if problems:
-            raise ValueError("StudyConfig: " + "; ".join(problems))
+        for name, value in (("temperature", self.temperature), ("dino.student_temp", self.dino.student_temp),
+                            ("dino.teacher_temp", self.dino.teacher_temp), ("std", self.std), ("optim.lr", optim.lr)):
+            if not value > 0:
+                problems.append(f"{name} must be positive, got {value}")
+        return problems
 
     @property
     def grid(self) -> int:
         """Side of the attention grid (patches per row)."""
-        return self.img_size // self.patch_size
+        return self.model.img_size // self.model.patch_size
 
-    def model_config(self) -> ModelConfig:
-        """The backbone for :func:`spanlib.model.vit.build_vit` (grey input, no drop path)."""
-        return ModelConfig(
-            arch="vit_tiny_patch16_224",
-            img_size=self.img_size,
-            patch_size=self.patch_size,
-            embed_dim=self.embed_dim,
-            depth=self.depth,
-            num_heads=self.num_heads,
-            in_chans=1,
-            drop_path_rate=0.0,
-        )
-
-    def dino_config(self) -> DinoConfig:
-        """The DINO head and loss settings (no teacher-temperature warm-up)."""
-        return DinoConfig(
-            out_dim=self.out_dim,
-            hidden_dim=self.hidden_dim,
-            bottleneck_dim=self.bottleneck_dim,
-            use_bn_in_head=self.use_bn_in_head,
-            student_temp=self.student_temp,
-            teacher_temp=self.teacher_temp,
-            warmup_teacher_temp=self.teacher_temp,
-            warmup_teacher_temp_epochs=0,
-            momentum_teacher=self.momentum_teacher,
-            freeze_last_layer=self.freeze_last_layer_steps,
-        )
+    @property
+    def steps(self) -> int:
+        """Optimizer steps (``optim.epochs``: an epoch of the study is one step)."""
+        return self.optim.epochs
 
 
 @dataclass(frozen=True)
@@ -164,7 +182,8 @@ class Variant(FrozenConfig):
     Attributes:
         name: short identifier (also the cache folder's name).
         label: how tables and figures name it.
-        changes: :class:`StudyConfig` fields that differ from the base.
+        changes: :class:`StudyConfig` fields that differ from the base (dotted keys reach into
+            sections, e.g. ``model.img_size``).
     """
 
     name: str
@@ -231,9 +250,12 @@ class StudyPreset(FrozenConfig):
         raise KeyError(f"no variant {name!r}")
 
 
+PRESET_NAMES: tuple[str, ...] = ("smoke", "book", "paper")
+"""The project presets that hold an ``attention_study`` section."""
+
 PRESETS: dict[str, StudyPreset] = {
-    name: StudyPreset.from_dict(entry, where=f"presets.yaml: {name}")
-    for name, entry in read_package_yaml("spanlib.attention_study", "presets.yaml")["presets"].items()
+    name: StudyPreset.from_dict(load_preset(name)["attention_study"], where=f"presets/{name}.yaml: attention_study")
+    for name in PRESET_NAMES
 }
 """Study presets by name (data, not code)."""
 

@@ -83,7 +83,7 @@ def attention_maps(backbone: nn.Module, cfg: StudyConfig, images: np.ndarray, ba
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))[:, None]
-        x = F.interpolate(x, size=(cfg.img_size, cfg.img_size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(cfg.model.img_size, cfg.model.img_size), mode="bilinear", antialias=True, align_corners=False)
         out.append(cls_attention(backbone, ((x - cfg.mean) / cfg.std).to(device)).cpu())
     return torch.cat(out)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spanlib.attention_study.config import StudyConfig, StudyPreset, study_preset
+from spanlib.attention_study.config import StudyConfig, StudyPreset, Variant, study_preset
 from spanlib.attention_study.scoring import (
     EvalSet,
     attention_maps,
@@ -143,17 +143,55 @@ class StudyResults:
 
     def description(self, root: Path) -> str:
         """The chapter's opening lines: the digits, the canvases (relative to ``root``), the base model, the time."""
-        base = self.study.base
+        base, model = self.study.base, self.study.base.model
         return "\n".join([
             f"digits: {self.data_source}",
             f"canvases: {self.data.relative_to(root)} ({self.n_test} test and {self.n_val} validation canvases scored; "
             "training canvases drawn on the fly around digits of the training pool)",
-            f"base model: ViT, {base.img_size} px input, patch {base.patch_size} ({base.grid}x{base.grid} grid), "
-            f"width {base.embed_dim}, {base.depth} blocks, {base.num_heads} heads; batch {base.batch_size}, "
+            f"base model: ViT, {model.img_size} px input, patch {model.patch_size} ({base.grid}x{base.grid} grid), "
+            f"width {model.embed_dim}, {model.depth} blocks, {model.num_heads} heads; batch {base.optim.batch_size}, "
             f"{base.steps} steps per variant",
             f"variants trained or loaded in {self.wall_s:.0f} s (training time as recorded: "
             f"{self.training_seconds():.0f} s)",
         ])
+
+
+def _variant_result(
+    study: StudyPreset,
+    variant: Variant,
+    seed: int,
+    renderer: CanvasRenderer,
+    meta: dict[str, Any],
+    cache_root: Path,
+    sets: tuple[EvalSet, EvalSet, EvalSet],
+    num_threads: int | None,
+    progress: Callable[[str], None] | None,
+) -> VariantResult:
+    """One variant trained (or loaded) and scored: best head chosen on validation, scores on test."""
+    monitor_set, val_set, test_set = sets
+    cfg = study.config(variant.name, seed=seed)
+    monitor = attention_monitor(monitor_set, cfg) if study.monitor_every else None
+    monitor_key = {"ids": list(monitor_set.ids), "every": study.monitor_every} if monitor else None
+    trained = ensure_variant(
+        variant.name, cfg, renderer, meta, cache_root / variant.name / f"seed{seed}",
+        monitor=monitor, monitor_key=monitor_key, log_every=study.monitor_every or 25,
+        num_threads=num_threads, progress=progress,
+    )
+    backbone = trained.backbone.to(default_device())
+    val_ap = head_summary(score_attention(attention_maps(backbone, cfg, val_set.images), val_set))["ap"]
+    attention = attention_maps(backbone, cfg, test_set.images)
+    trained.backbone.cpu()
+    return VariantResult(
+        name=variant.name,
+        label=variant.label,
+        config=cfg,
+        test=score_attention(attention, test_set),
+        best_head=int(np.nanargmax(val_ap)),
+        attention=attention[: study.n_show].clone(),
+        log=trained.log,
+        seconds=trained.seconds,
+        cached=trained.cached,
+    )
 
 
 def run_study(
@@ -210,28 +248,8 @@ def run_study(
     results: dict[str, VariantResult] = {}
     with torch_threads(num_threads):
         for variant in study.variants:
-            cfg = study.config(variant.name, seed=seed)
-            monitor = attention_monitor(monitor_set, cfg) if study.monitor_every else None
-            monitor_key = {"ids": list(monitor_set.ids), "every": study.monitor_every} if monitor else None
-            trained = ensure_variant(
-                variant.name, cfg, renderer, meta, cache_root / variant.name / f"seed{seed}",
-                monitor=monitor, monitor_key=monitor_key, log_every=study.monitor_every or 25,
-                num_threads=num_threads, progress=progress,
-            )
-            backbone = trained.backbone.to(default_device())
-            val_ap = head_summary(score_attention(attention_maps(backbone, cfg, val_set.images), val_set))["ap"]
-            attention = attention_maps(backbone, cfg, test_set.images)
-            trained.backbone.cpu()
-            results[variant.name] = VariantResult(
-                name=variant.name,
-                label=variant.label,
-                config=cfg,
-                test=score_attention(attention, test_set),
-                best_head=int(np.nanargmax(val_ap)),
-                attention=attention[: study.n_show].clone(),
-                log=trained.log,
-                seconds=trained.seconds,
-                cached=trained.cached,
+            results[variant.name] = _variant_result(
+                study, variant, seed, renderer, meta, cache_root, (monitor_set, val_set, test_set), num_threads, progress
             )
     return StudyResults(
         preset=preset_name,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ from spanlib.attention_study.config import StudyConfig
 from spanlib.attention_study.losses import ProjectionHead, branch_dino_loss, branch_nce_loss, positive_top1
 from spanlib.attention_study.views import CanvasRenderer, ViewStream
 from spanlib.core.checkpoint import load_checkpoint, save_atomic, write_json
-from spanlib.core.device import default_device, torch_threads
+from spanlib.core.device import resolve_device, torch_threads
 from spanlib.model.vit import build_vit
+from spanlib.pretrain.engine import Schedules, StepResult, TrainingStep
 
 CACHE_VERSION = 1
 """Bump when training changes in a way the configuration does not show, to retrain cached variants."""
@@ -93,72 +93,94 @@ def train_variant(
         one to evaluate.
 
     Raises:
-        RuntimeError: the loss became NaN or infinite.
+        spanlib.pretrain.engine.DivergenceError: the loss became NaN or infinite (a ``RuntimeError``).
     """
     start = time.perf_counter()
-    log: list[dict[str, Any]] = []
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     cores = int(num_threads or torch.get_num_threads())
     if data_worker is None:
         data_worker = cores >= 2 and cfg.steps >= 20
     with torch.random.fork_rng(devices=[]), torch_threads(cores - 1 if data_worker and cores > 1 else cores):
         torch.manual_seed(cfg.seed)
-        backbone = build_vit(cfg.model_config())
-        if cfg.loss == "dino":
-            head: nn.Module = D.DINOHead(backbone.num_features, cfg.dino_config())
-        else:
-            head = ProjectionHead(backbone.num_features, cfg.proj_hidden, cfg.proj_dim)
-        student = D.DinoNetwork(backbone, head).to(device)
-        teacher, loss_fn = None, None
-        if cfg.loss == "dino":
-            teacher = copy.deepcopy(student)
-            for p in teacher.parameters():
-                p.requires_grad = False
-            loss_fn = D.DINOLoss(cfg.dino_config(), n_crops=2, epochs=1).to(device)
+        student, teacher, loss_fn = _build(cfg, device)
         evaluated = teacher if teacher is not None else student
-        if cfg.steps > 0:
-            optimizer = torch.optim.AdamW(D.param_groups(student), foreach=True)
-            lr_sched = D.cosine_scheduler(cfg.lr, cfg.min_lr, cfg.steps, 1, min(cfg.warmup_steps, cfg.steps))
-            wd_sched = D.cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, cfg.steps, 1)
-            mom_sched = D.cosine_scheduler(cfg.momentum_teacher, 1.0, cfg.steps, 1)
-            batches = torch.utils.data.DataLoader(
-                ViewStream(renderer, cfg),
-                batch_size=None,
-                num_workers=1 if data_worker else 0,
-                prefetch_factor=2 if data_worker else None,
-                pin_memory=device.type == "cuda",
-            )
-            if monitor is not None:
-                log.append({"step": 0, **_observe(monitor, evaluated.backbone)})
-            student.train()
-            for step, (views_a, views_b) in enumerate(batches):
-                views_a = [v.to(device, non_blocking=True) for v in views_a]
-                views_b = [v.to(device, non_blocking=True) for v in views_b]
-                for i, group in enumerate(optimizer.param_groups):
-                    group["lr"] = float(lr_sched[step])
-                    if i == 0:
-                        group["weight_decay"] = float(wd_sched[step])
-                record, teacher_logits = _forward_backward(cfg, student, teacher, loss_fn, views_a, views_b)
-                if not math.isfinite(record["loss"]):
-                    raise RuntimeError(f"{name}: the loss is {record['loss']} at step {step}; try a lower lr than {cfg.lr}")
-                if cfg.clip_grad:
-                    D.clip_gradients(student, cfg.clip_grad)
-                D.cancel_last_layer_gradients(step, student, cfg.freeze_last_layer_steps)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if teacher is not None and loss_fn is not None and teacher_logits is not None:
-                    D.ema_update(teacher, student, float(mom_sched[step]))
-                    loss_fn.update_center([teacher_logits])
-                if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-                    if monitor is not None:
-                        record.update(_observe(monitor, evaluated.backbone))
-                    log.append({"step": step + 1, "lr": float(lr_sched[step]), **record})
+        log = _train_loop(cfg, renderer, name, student, teacher, loss_fn, device, log_every, monitor, data_worker) \
+            if cfg.steps > 0 else []
         model = evaluated.backbone.eval().cpu()
     seconds = time.perf_counter() - start
     if progress is not None:
         last = f", last loss {log[-1]['loss']:.3f}" if log and "loss" in log[-1] else ""
         progress(f"{name}: trained {cfg.steps} steps in {seconds:.1f} s{last}")
     return TrainedVariant(name=name, config=cfg, backbone=model, log=log, seconds=seconds)
+
+
+def _build(cfg: StudyConfig, device: torch.device) -> tuple[D.DinoNetwork, D.DinoNetwork | None, D.DINOLoss | None]:
+    """Student, teacher and DINO loss (DINO), or the one network with a projection head (NCE)."""
+    backbone = build_vit(cfg.model)
+    if cfg.loss == "dino":
+        head: nn.Module = D.DINOHead(backbone.num_features, cfg.dino)
+    else:
+        head = ProjectionHead(backbone.num_features, cfg.proj_hidden, cfg.proj_dim)
+    student = D.DinoNetwork(backbone, head).to(device)
+    teacher, loss_fn = None, None
+    if cfg.loss == "dino":
+        teacher = copy.deepcopy(student)
+        for p in teacher.parameters():
+            p.requires_grad = False
+        loss_fn = D.DINOLoss(cfg.dino, n_crops=2, epochs=1).to(device)
+    return student, teacher, loss_fn
+
+
+def _engine(cfg: StudyConfig, name: str, student: D.DinoNetwork, teacher: D.DinoNetwork | None,
+            loss_fn: D.DINOLoss | None) -> TrainingStep:
+    """The shared step skeleton with DINO's schedules and hooks (one step per epoch); NCE has no EMA or centre."""
+    optim, steps = cfg.optim, cfg.steps
+    dino = teacher is not None and loss_fn is not None
+    return TrainingStep(
+        optimizer=torch.optim.AdamW(D.param_groups(student), foreach=True),
+        schedules=Schedules(
+            lr=D.cosine_scheduler(optim.lr, optim.min_lr, steps, 1, min(optim.warmup_epochs, steps)),
+            weight_decay=D.cosine_scheduler(optim.weight_decay, optim.weight_decay_end, steps, 1),
+            momentum=D.cosine_scheduler(cfg.dino.momentum_teacher, 1.0, steps, 1),
+        ),
+        modules={"student": student, **({"teacher": teacher} if teacher is not None else {})},
+        run=name,
+        clip_module=student,
+        clip_grad=optim.clip_grad,
+        grad_hook=lambda step: D.cancel_last_layer_gradients(step, student, cfg.dino.freeze_last_layer),
+        ema=(lambda momentum: D.ema_update(teacher, student, momentum)) if dino else None,
+        center=loss_fn.update_center if dino else None,
+        hint=f"Lower optim.lr (now {optim.lr}) or raise optim.warmup_epochs (warm-up steps).",
+    )
+
+
+def _train_loop(cfg: StudyConfig, renderer: CanvasRenderer, name: str, student: D.DinoNetwork,
+                teacher: D.DinoNetwork | None, loss_fn: D.DINOLoss | None, device: torch.device, log_every: int,
+                monitor: Monitor | None, data_worker: bool) -> list[dict[str, Any]]:
+    """Every step of one variant through the shared skeleton; the log records."""
+    log: list[dict[str, Any]] = []
+    engine = _engine(cfg, name, student, teacher, loss_fn)
+    evaluated = teacher if teacher is not None else student
+    batches = torch.utils.data.DataLoader(
+        ViewStream(renderer, cfg),
+        batch_size=None,
+        num_workers=1 if data_worker else 0,
+        prefetch_factor=2 if data_worker else None,
+        pin_memory=device.type == "cuda",
+    )
+    if monitor is not None:
+        log.append({"step": 0, **_observe(monitor, evaluated.backbone)})
+    student.train()
+    for step, (views_a, views_b) in enumerate(batches):
+        views_a = [v.to(device, non_blocking=True) for v in views_a]
+        views_b = [v.to(device, non_blocking=True) for v in views_b]
+        result = engine(step, lambda: _forward_backward(cfg, student, teacher, loss_fn, views_a, views_b))
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            record = {**result.losses, **result.record}
+            if monitor is not None:
+                record.update(_observe(monitor, evaluated.backbone))
+            log.append({"step": step + 1, "lr": float(engine.schedules.lr[step]), **record})
+    return log
 
 
 def _observe(monitor: Monitor, backbone: nn.Module) -> dict[str, float]:
@@ -179,7 +201,7 @@ def _forward_backward(
     loss_fn: D.DINOLoss | None,
     views_a: list[torch.Tensor],
     views_b: list[torch.Tensor],
-) -> tuple[dict[str, float], torch.Tensor | None]:
+) -> StepResult:
     """Forward and backward of one step: the logged values and the teacher's outputs (DINO)."""
     n = cfg.crops
     logits, _, _ = student(views_a + views_b)
@@ -189,7 +211,7 @@ def _forward_backward(
         loss.backward()
         with torch.no_grad():
             top1 = positive_top1(chunks[0], chunks[n])
-        return {"loss": loss.item(), "positive_top1": top1}, None
+        return StepResult({"loss": loss.item()}, {"positive_top1": top1})
     if teacher is None or loss_fn is None:
         raise ValueError("DINO needs a teacher and its loss")
     with torch.no_grad():
@@ -198,8 +220,8 @@ def _forward_backward(
     loss = branch_dino_loss(loss_fn, chunks[:n], chunks[n:], t_chunks[:n], t_chunks[n:])
     loss.backward()
     entropy, mean_entropy = D.output_entropy(teacher_logits, loss_fn.center, loss_fn.teacher_temp(0))
-    record = {"loss": loss.item(), "teacher_entropy": entropy, "teacher_mean_entropy": mean_entropy}
-    return record, teacher_logits.detach()
+    record = {"teacher_entropy": entropy, "teacher_mean_entropy": mean_entropy}
+    return StepResult({"loss": loss.item()}, record, [teacher_logits.detach()])
 
 
 def cache_key(cfg: StudyConfig, meta: Mapping[str, Any], monitor_key: Any = None) -> dict[str, Any]:
@@ -249,7 +271,7 @@ def ensure_variant(
             stored = {}
         if stored.get("key") == key:
             try:
-                backbone = build_vit(cfg.model_config())
+                backbone = build_vit(cfg.model)
                 backbone.load_state_dict(load_checkpoint(folder / "model.pt"))
                 lines = (folder / "log.jsonl").read_text().splitlines() if (folder / "log.jsonl").is_file() else []
                 log = [json.loads(line) for line in lines if line.strip()]

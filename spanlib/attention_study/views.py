@@ -117,11 +117,11 @@ def augmentation(cfg: StudyConfig) -> v2.Compose:
     Applies to a ``tv_tensors.Image`` and optionally a ``tv_tensors.Mask``
     moved with it (blur and normalisation leave masks alone).
     """
-    sigma = tuple(s * cfg.img_size / 100.0 for s in cfg.blur_sigma)
+    sigma = tuple(s * cfg.model.img_size / 100.0 for s in cfg.blur_sigma)
     kernel = max(3, 2 * math.ceil(3.0 * sigma[1]) + 1)
     return v2.Compose(
         [
-            v2.RandomResizedCrop(cfg.img_size, scale=tuple(cfg.crop_scale), antialias=True),
+            v2.RandomResizedCrop(cfg.model.img_size, scale=tuple(cfg.crop_scale), antialias=True),
             v2.RandomRotation(cfg.rotation_degrees),
             v2.RandomApply([v2.GaussianBlur(kernel, sigma=sigma)], p=cfg.blur_p),
             v2.Normalize([cfg.mean], [cfg.std]),
@@ -196,7 +196,7 @@ class ViewStream(torch.utils.data.IterableDataset):
         transform = augmentation(cfg)
         pool = self.renderer.pool
         for _ in range(cfg.steps):
-            digits = pool[rng.integers(len(pool), size=cfg.batch_size)]
+            digits = pool[rng.integers(len(pool), size=cfg.optim.batch_size)]
             yield make_views(self.renderer, digits, cfg, rng, transform)
 
 

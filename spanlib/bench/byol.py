@@ -42,7 +42,7 @@ def _median(times: list[float], warmup: int) -> float:
 def measure(steps: int = 10, warmup: int = 2, batch_size: int | None = None) -> dict:
     """Median seconds per step of each variant, and of the parts of an object-level step."""
     base = byol_config("book")
-    batch = batch_size or base.batch_size
+    batch = batch_size or base.optim.batch_size
     images = torch.as_tensor(_phantoms(batch, base.image_size))
     priors = torch.as_tensor(slic_priors(images[:, 0].numpy(), base.n_segments, base.slic_compactness)).long()
     variants = {

@@ -15,7 +15,7 @@ loss is averaged over the masks present in both views.
 * :mod:`spanlib.byol.evaluate`: frozen features, segmentation probe, mask quality.
 """
 
-from spanlib.byol.config import BYOL_PRESETS, BYOL_STUDIES, ByolConfig, ByolStudy, byol_config, byol_study
+from spanlib.byol.config import BYOL_PRESETS, BYOL_STUDIES, ByolConfig, ByolOptimConfig, ByolStudy, byol_config, byol_study
 from spanlib.byol.masks import best_iou, carry_masks, kmeans, mask_pool, one_hot, refine_masks, slic_priors
 from spanlib.byol.model import ByolNetwork, TinyResNet, byol_loss, update_target
 from spanlib.byol.train import ByolRun, byol_step, ensure_byol, ensure_byol_runs, load_run, run_name, train_byol
@@ -25,6 +25,7 @@ __all__ = [
     "BYOL_PRESETS",
     "BYOL_STUDIES",
     "ByolConfig",
+    "ByolOptimConfig",
     "ByolNetwork",
     "ByolRun",
     "ByolStudy",

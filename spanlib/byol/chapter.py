@@ -74,7 +74,7 @@ def setup_table(d: ChapterData) -> pd.DataFrame:
     return pd.Series({
         "training images": len(d.train), "test images": len(d.test), "image size": f"{c.image_size} px",
         "encoder": f"tiny ResNet, widths {c.widths}", "C5 grid": f"{c.grid} x {c.grid}",
-        "epochs x batch": f"{c.epochs} x {c.batch_size}", "SLIC superpixels asked": c.n_segments,
+        "epochs x batch": f"{c.optim.epochs} x {c.optim.batch_size}", "SLIC superpixels asked": c.n_segments,
         "superpixels per image (mean)": round(float((d.train_priors.reshape(len(d.train), -1).max(1) + 1).mean()), 1),
         "K (this preset)": c.k, "K of the ablation": ", ".join(map(str, d.study.ablation_k)),
     }, name="value").to_frame()

@@ -3,7 +3,7 @@
 :class:`ByolConfig` holds everything a run depends on; it is saved as JSON
 beside every run, and a cached run is reused only when its saved config is
 equal to the one asked for (:func:`spanlib.byol.train.ensure_byol`).
-The presets are data, ``spanlib/byol/presets.yaml``: :data:`BYOL_PRESETS`
+The presets are data, the ``byol`` sections of ``spanlib/presets/<name>.yaml``: :data:`BYOL_PRESETS`
 maps a preset name (``smoke``, ``book``, ``paper``) to the fields that differ
 from the defaults, :data:`BYOL_STUDIES` to the chapter's plan;
 :func:`byol_config` resolves a preset plus overrides. A notebook never
@@ -12,14 +12,33 @@ branches on the preset name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from spanlib.core.configs import FrozenConfig, merge, read_package_yaml, unflatten
+from spanlib.core.configs import FrozenConfig, OptimConfig, load_preset
 
 POOLINGS: tuple[str, ...] = ("object", "superpixel", "global")
 """``object``: BYOL loss per refined object mask; ``superpixel``: per SLIC superpixel, unrefined (the
 priors alone, an ablation); ``global``: plain BYOL (one mask = the whole image)."""
+
+
+@dataclass(frozen=True)
+class ByolOptimConfig(OptimConfig):
+    """BYOL's optimiser and schedules: :class:`~spanlib.core.configs.OptimConfig` with BYOL's defaults.
+
+    AdamW (no weight decay on biases and norm parameters), learning rate with
+    ``warmup_epochs`` of linear warm-up then cosine decay to ``min_lr`` (0),
+    weight decay constant (``weight_decay_end`` = ``weight_decay``), no clipping.
+    """
+
+    batch_size: int = 64
+    epochs: int = 4
+    lr: float = 2e-3
+    min_lr: float = 0.0
+    warmup_epochs: int = 1
+    weight_decay: float = 1e-4
+    weight_decay_end: float = 1e-4
+    clip_grad: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -44,11 +63,9 @@ class ByolConfig(FrozenConfig):
         kmeans_iters: Lloyd iterations of the K-means.
         min_mask_area: a mask counts as present in a view when its carried
             (ROI-aligned) area covers at least this many C5 cells.
-        epochs: passes over the training images.
-        batch_size: images per step.
-        lr: peak AdamW learning rate (linear warm-up, cosine decay to 0).
-        weight_decay: AdamW weight decay (not on biases and norm parameters).
-        warmup_epochs: epochs of linear learning-rate warm-up.
+        optim: passes over the training images (``epochs``), images per step
+            (``batch_size``), AdamW's learning rate and weight decay and their
+            schedules (:class:`ByolOptimConfig`).
         momentum: base EMA momentum of the target (cosine to 1, as BYOL).
         crop_scale: area range of BYOL's random resized crop.
         jitter_p: probability of brightness/contrast jitter (BYOL: 0.8).
@@ -84,11 +101,7 @@ class ByolConfig(FrozenConfig):
     k: int = 8
     kmeans_iters: int = 10
     min_mask_area: float = 0.5
-    epochs: int = 4
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
+    optim: ByolOptimConfig = field(default_factory=ByolOptimConfig)
     momentum: float = 0.99
     crop_scale: tuple[float, float] = (0.2, 1.0)
     jitter_p: float = 0.8
@@ -119,8 +132,13 @@ class ByolConfig(FrozenConfig):
             raise ValueError(f"k must be at least 1, got {self.k}")
         if self.n_segments < 1:
             raise ValueError(f"n_segments must be at least 1, got {self.n_segments}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.optim.epochs < 1 or self.optim.batch_size < 2:
+            raise ValueError(
+                f"optim.epochs must be >= 1 and optim.batch_size >= 2, got {self.optim.epochs} and {self.optim.batch_size}"
+            )
+        if self.optim.optimizer != "adamw" or self.optim.accum_steps != 1:
+            raise ValueError(f"BYOL trains with adamw and no accumulation, got {self.optim.optimizer!r} and "
+                             f"accum_steps {self.optim.accum_steps}")
         if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise ValueError(f"crop_scale must be an increasing pair in (0, 1], got {self.crop_scale}")
         if self.blur_kernel % 2 == 0:
@@ -132,11 +150,11 @@ class ByolConfig(FrozenConfig):
         return self.image_size // 2 ** len(self.widths)
 
 
-_PRESETS: dict[str, dict[str, Any]] = read_package_yaml("spanlib.byol", "presets.yaml")
+_PRESETS: dict[str, dict[str, Any]] = {name: load_preset(name)["byol"] for name in ("smoke", "book", "paper")}
 
 # the fields as a built config holds them (lists of the YAML as tuples), each preset checked on import
 BYOL_PRESETS: dict[str, dict[str, Any]] = {
-    name: {key: getattr(ByolConfig.from_dict(entry["config"], where=f"presets.yaml: {name}.config"), key)
+    name: {key: getattr(ByolConfig.from_dict(entry["config"], where=f"presets/{name}.yaml: byol.config"), key)
            for key in entry["config"]}
     for name, entry in _PRESETS.items()
 }
@@ -162,7 +180,7 @@ class ByolStudy(FrozenConfig):
 
 
 BYOL_STUDIES: dict[str, ByolStudy] = {
-    name: ByolStudy.from_dict(entry["study"], where=f"presets.yaml: {name}.study") for name, entry in _PRESETS.items()
+    name: ByolStudy.from_dict(entry["study"], where=f"presets/{name}.yaml: byol.study") for name, entry in _PRESETS.items()
 }
 """preset -> what the chapter runs (data, like :data:`BYOL_PRESETS`)."""
 
@@ -186,4 +204,6 @@ def byol_config(preset: str, **overrides: Any) -> ByolConfig:
     """
     if preset not in BYOL_PRESETS:
         raise ValueError(f"unknown BYOL preset {preset!r}; known: {', '.join(BYOL_PRESETS)}")
-    return ByolConfig.from_dict(merge(BYOL_PRESETS[preset], unflatten(overrides)))
+    return ByolConfig.from_dict(_PRESETS[preset]["config"], where=f"presets/{preset}.yaml: byol.config").replace(
+        **overrides
+    )

@@ -38,9 +38,10 @@ from spanlib.byol.config import ByolConfig
 from spanlib.byol.masks import carry_masks, mask_pool, one_hot, refine_masks
 from spanlib.byol.model import ByolNetwork, byol_loss, update_target
 from spanlib.byol.views import ByolViews, normalize
-from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json
-from spanlib.core.device import bf16_fast, default_device, torch_threads
+from spanlib.core.checkpoint import JsonlLog, load_checkpoint, write_json
+from spanlib.core.device import autocast, bf16_fast, default_device, resolve_device, torch_threads
 from spanlib.model.dino import cosine_scheduler, param_groups
+from spanlib.pretrain.engine import Schedules, StepResult, TrainingStep
 
 __all__ = [
     "ByolRun",
@@ -75,7 +76,8 @@ def _step_seed(seed: int, step: int) -> int:
 
 def encoder_maps(network: ByolNetwork, images: torch.Tensor, cfg: ByolConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c4, c5)`` of normalised images as float32, under bfloat16 autocast when ``cfg.bf16`` and the device has it."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and bf16_fast(images.device.type)):
+    use_bf16 = cfg.bf16 and bf16_fast(images.device.type)
+    with autocast(images.device.type, torch.bfloat16 if use_bf16 else None):
         c4, c5 = network.encoder(images)
     return c4.float(), c5.float()
 
@@ -145,9 +147,56 @@ def byol_step(
     return byol_loss(p1, p2, z1, z2), stats
 
 
-def _save(path: Path, online: ByolNetwork, target: ByolNetwork, opt: torch.optim.Optimizer, step: int) -> None:
-    save_atomic(path / "checkpoint.pt", {"online": online.state_dict(), "target": target.state_dict(),
-                                         "optimizer": opt.state_dict(), "step": step})
+def _engine(cfg: ByolConfig, online: ByolNetwork, target: ByolNetwork, out: Path, per_epoch: int,
+            log: JsonlLog) -> TrainingStep:
+    """The shared step skeleton with BYOL's schedules and its target's EMA; the optimiser as BYOL builds it."""
+    optim = cfg.optim
+    return TrainingStep(
+        optimizer=torch.optim.AdamW(param_groups(online), lr=optim.lr, weight_decay=optim.weight_decay),
+        schedules=Schedules(
+            lr=cosine_scheduler(optim.lr, optim.min_lr, optim.epochs, per_epoch, optim.warmup_epochs),
+            weight_decay=cosine_scheduler(optim.weight_decay, optim.weight_decay_end, optim.epochs, per_epoch),
+            momentum=cosine_scheduler(cfg.momentum, 1.0, optim.epochs, per_epoch),
+        ),
+        modules={"online": online, "target": target},
+        run=str(out),
+        clip_module=online,
+        clip_grad=optim.clip_grad,
+        ema=lambda momentum: update_target(target, online, momentum),
+        checkpoint=out / "checkpoint.pt",
+        hint=f"Lower optim.lr (now {optim.lr}) or raise optim.warmup_epochs.",
+        log=log,
+    )
+
+
+def _prepare(cfg: ByolConfig, images: np.ndarray, priors: np.ndarray | None,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The training images and priors on the device, and the batch size; bad input raises ``ValueError``."""
+    images_t = torch.as_tensor(images[: cfg.n_train]).float()
+    if images_t.dim() != 4 or images_t.shape[1] != 1 or images_t.shape[-1] != cfg.image_size:
+        raise ValueError(f"images must be [N, 1, {cfg.image_size}, {cfg.image_size}], got {tuple(images_t.shape)}")
+    if priors is None and cfg.pooling != "global":
+        raise ValueError(f"{cfg.pooling} pooling needs SLIC priors")
+    priors_t = torch.as_tensor(priors[: cfg.n_train]).long().to(device) if priors is not None else None
+    images_t = images_t.to(device)
+    batch = min(cfg.optim.batch_size, images_t.shape[0])
+    if batch < 2:
+        raise ValueError(f"need at least 2 training images, got {images_t.shape[0]}")
+    return images_t, priors_t, batch
+
+
+def _forward_backward(online: ByolNetwork, target: ByolNetwork, views: ByolViews, images: torch.Tensor,
+                      priors: torch.Tensor | None, cfg: ByolConfig, step: int) -> StepResult:
+    """BYOL's loss of one batch with the step's seeds, then its backward (when any mask is in both views)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_step_seed(cfg.seed, step))
+        gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step))
+        loss, stats = byol_step(online, target, views, images, priors, cfg, gen)
+    value = float(loss.detach())
+    stepped = loss.requires_grad and math.isfinite(value)
+    if stepped:
+        loss.backward()
+    return StepResult({"loss": value}, stats, stepped=stepped)
 
 
 def train_byol(
@@ -177,25 +226,15 @@ def train_byol(
 
     Raises:
         ValueError: images of the wrong shape, fewer than 2 images, missing priors.
-        FloatingPointError: the loss became NaN or infinite (the last checkpoint is kept).
+        spanlib.pretrain.engine.DivergenceError: the loss became NaN or infinite (a
+            ``FloatingPointError``; the last checkpoint is kept).
     """
     out = Path(out)
-    device = torch.device(device) if device is not None else default_device()
-    images_t = torch.as_tensor(images[: cfg.n_train]).float()
-    if images_t.dim() != 4 or images_t.shape[1] != 1 or images_t.shape[-1] != cfg.image_size:
-        raise ValueError(f"images must be [N, 1, {cfg.image_size}, {cfg.image_size}], got {tuple(images_t.shape)}")
-    if priors is None and cfg.pooling != "global":
-        raise ValueError(f"{cfg.pooling} pooling needs SLIC priors")
-    priors_t = torch.as_tensor(priors[: cfg.n_train]).long().to(device) if priors is not None else None
-    images_t = images_t.to(device)
+    device = resolve_device(device)
+    images_t, priors_t, batch = _prepare(cfg, images, priors, device)
     n = images_t.shape[0]
-    batch = min(cfg.batch_size, n)
-    if batch < 2:
-        raise ValueError(f"need at least 2 training images, got {n}")
     per_epoch = n // batch
-    total = cfg.epochs * per_epoch
-    lrs = cosine_scheduler(cfg.lr, 0.0, cfg.epochs, per_epoch, cfg.warmup_epochs)
-    momenta = cosine_scheduler(cfg.momentum, 1.0, cfg.epochs, per_epoch)
+    total = cfg.optim.epochs * per_epoch
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.to_dict())
 
@@ -203,48 +242,17 @@ def train_byol(
         online, target = build_networks(cfg)
         online.to(device)
         target.to(device)
-        opt = torch.optim.AdamW(param_groups(online), lr=cfg.lr, weight_decay=cfg.weight_decay)
         log = JsonlLog(out / "log.jsonl")
+        engine = _engine(cfg, online, target, out, per_epoch, log)
         start = 0
         if resume and (out / "checkpoint.pt").is_file():
-            state = load_checkpoint(out / "checkpoint.pt")
-            online.load_state_dict(state["online"])
-            target.load_state_dict(state["target"])
-            opt.load_state_dict(state["optimizer"])
-            start = int(state["step"])
+            start = int(engine.restore(out / "checkpoint.pt")["step"])
         if start == 0 and (out / "log.jsonl").exists():
             (out / "log.jsonl").unlink()
         log.truncate_after(start)
-        views = ByolViews(cfg)
-        online.train()
-        target.train()
-        began = time.perf_counter()
         stop = total if max_steps is None else min(total, max_steps)
-        order = None
-        for step in range(start, stop):
-            epoch, index = divmod(step, per_epoch)
-            if order is None or index == 0:
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(_step_seed(cfg.seed, -1 - epoch)))
-            rows = order[index * batch:(index + 1) * batch].to(device)
-            for group in opt.param_groups:
-                group["lr"] = float(lrs[step])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_step_seed(cfg.seed, step))
-                gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step))
-                loss, stats = byol_step(online, target, views, images_t[rows],
-                                        priors_t[rows] if priors_t is not None else None, cfg, gen)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"{out}: loss became {value} at step {step}; last checkpoint kept")
-            opt.zero_grad(set_to_none=True)
-            if loss.requires_grad:
-                loss.backward()
-                opt.step()
-            update_target(target, online, float(momenta[step]))
-            log.write({"step": step + 1, "epoch": epoch, "loss": value, "lr": float(lrs[step]),
-                       "momentum": float(momenta[step]), **stats})
-            if index == per_epoch - 1 or step + 1 == stop:
-                _save(out, online, target, opt, step + 1)
+        began = time.perf_counter()
+        _train_steps(cfg, engine, online, target, images_t, priors_t, batch, per_epoch, start, stop, log, out)
         seconds = time.perf_counter() - began
     summary = {"steps": stop, "total_steps": total, "seconds": seconds, "images": n, "batch_size": batch,
                "seconds_per_step": seconds / max(stop - start, 1), "resumed_from": start, "device": str(device),
@@ -252,6 +260,29 @@ def train_byol(
     if stop == total:
         write_json(out / "done.json", summary)
     return summary
+
+
+def _train_steps(cfg: ByolConfig, engine: TrainingStep, online: ByolNetwork, target: ByolNetwork,
+                 images: torch.Tensor, priors: torch.Tensor | None, batch: int, per_epoch: int, start: int,
+                 stop: int, log: JsonlLog, out: Path) -> None:
+    """Steps ``start`` to ``stop`` through the shared skeleton; a checkpoint after every epoch and at the stop."""
+    views = ByolViews(cfg)
+    online.train()
+    target.train()
+    n = images.shape[0]
+    order = None
+    for step in range(start, stop):
+        epoch, index = divmod(step, per_epoch)
+        if order is None or index == 0:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_step_seed(cfg.seed, -1 - epoch)))
+        rows = order[index * batch:(index + 1) * batch].to(images.device)
+        result = engine(step, lambda: _forward_backward(online, target, views, images[rows],
+                                                        priors[rows] if priors is not None else None, cfg, step))
+        values = engine.schedules.values(step)
+        log.write({"step": step + 1, "epoch": epoch, **result.losses, "lr": values["lr"],
+                   "momentum": values["momentum"], **result.record})
+        if index == per_epoch - 1 or step + 1 == stop:
+            engine.save(out / "checkpoint.pt", step + 1)
 
 
 def run_name(cfg: ByolConfig, data_key: str = "") -> str:

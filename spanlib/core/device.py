@@ -1,10 +1,12 @@
-"""Where and how torch runs: the default device, native bfloat16, and the intra-op thread count inside a block."""
+"""Where and how torch runs, chosen in one place: the device, autocast, DDP under torchrun, native bfloat16, threads."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,3 +47,79 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` or ``"auto"``: :func:`default_device`."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return default_device()
+    return torch.device(device)
+
+
+def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on a device type; ``None``: no autocast (a null context)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""``amp`` setting -> autocast dtype (``off``: float32 throughout)."""
+
+
+@dataclass
+class Runtime:
+    """Where and how this process computes: device, autocast dtype, rank and world size (DDP)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device.type, self.amp_dtype)
+
+
+def amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` setting: ``auto`` is bf16 on CUDA and off elsewhere.
+
+    Raises:
+        ValueError: an unknown setting.
+    """
+    if amp is False or amp is None:  # YAML reads a bare `off` as false
+        amp = "off"
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be auto, off, bf16 or fp16, not {amp!r}")
+    return AMP_DTYPES[amp]
+
+
+def setup_runtime(device: str | torch.device | None = "auto", amp: str | bool | None = "auto") -> Runtime:
+    """Pick the device (CUDA when present, else CPU) and join DDP under torchrun.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) each process takes the CUDA device
+    of its ``LOCAL_RANK`` and joins the process group (NCCL on CUDA, gloo on
+    the CPU).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Runtime(device=dev, amp_dtype=amp_dtype(amp, dev), rank=rank, world=world)

@@ -8,6 +8,7 @@ a variant's result with ``label``, ``config`` (``loss``, ``batch_size``,
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ def last_logged(log: Sequence[Mapping[str, Any]], key: str) -> float:
 
 def chance_loss(config: Any) -> float:
     """The loss of a model that has learned nothing: log(2N - 1) for NCE over N canvases, log K for DINO."""
-    return math.log(2 * config.batch_size - 1) if config.loss == "nce" else math.log(config.out_dim)
+    return math.log(2 * config.optim.batch_size - 1) if config.loss == "nce" else math.log(config.dino.out_dim)
 
 
 def loss_table(variants: Mapping[str, Any], names: Sequence[str]) -> pd.DataFrame:
@@ -69,12 +70,12 @@ def digit_mass_lines(variants: Mapping[str, Any], names: Sequence[str], flat: fl
     return "\n".join(lines)
 
 
-VARIANT_FIELDS: tuple[str, ...] = ("loss", "views", "crops", "img_size", "patch_size", "steps")
-"""The configuration fields :func:`variants_table` shows."""
+VARIANT_FIELDS: tuple[str, ...] = ("loss", "views", "crops", "model.img_size", "model.patch_size", "steps")
+"""The configuration fields :func:`variants_table` shows (dotted into sections; a column is named by the last part)."""
 
 
 def variants_table(variants: Mapping[str, Any], fields: Sequence[str] = VARIANT_FIELDS) -> pd.DataFrame:
     """Per variant (index, its label): the configuration fields that tell the variants apart, and the grid."""
-    return pd.DataFrame([{"variant": r.label, **{f: getattr(r.config, f) for f in fields},
+    return pd.DataFrame([{"variant": r.label, **{f.split(".")[-1]: attrgetter(f)(r.config) for f in fields},
                           "grid": f"{r.config.grid}x{r.config.grid}"}
                          for r in variants.values()]).set_index("variant")

@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,61 +28,16 @@ from tqdm.auto import tqdm
 
 from spanlib.model import dino as D
 from spanlib.pretrain.augment import ViewMaker
-from spanlib.core.checkpoint import JsonlLog, load_checkpoint, save_atomic, write_json
+from spanlib.core.checkpoint import JsonlLog, load_checkpoint, write_json
 from spanlib.core.configs import Config, load_config
+from spanlib.core.device import Runtime, setup_runtime
+from spanlib.pretrain.engine import DivergenceError, Schedules, StepResult, TrainingStep
 from spanlib.pretrain.loader import EpochBatchSampler, ViewDataset, collate, knowledge_map_source
 from spanlib.model.span import span_terms, uses_span
 from spanlib.model.vit import build_vit
 
-
-class DivergenceError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class Runtime:
-    """Where and how this process computes."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-
-def setup_runtime(device: str = "auto", amp: str = "auto") -> Runtime:
-    """Pick the device (CUDA when present, else CPU) and join DDP under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    if amp is False or amp is None:  # YAML reads a bare `off` as false
-        amp = "off"
-    if amp == "auto":
-        amp = "bf16" if dev.type == "cuda" else "off"
-    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, "bad")
-    if amp_dtype == "bad":
-        raise ValueError(f"amp must be auto, off, bf16 or fp16, not {amp!r}")
-    return Runtime(device=dev, amp_dtype=amp_dtype, rank=rank, world=world)
+__all__ = ["DivergenceError", "PooledSamples", "Pretrainer", "Runtime", "load_samples", "param_checksum", "pretrain",
+           "setup_runtime", "start_checkpoint"]
 
 
 def load_samples(cfg: Config) -> Sequence:
@@ -210,6 +163,26 @@ class Pretrainer:
             raise ValueError(f"unknown optimizer {cfg.optim.optimizer!r}")
         self.step = 0
         self.log = JsonlLog(self.out / "log.jsonl", enabled=self.rt.main)
+        self.engine = self._engine()
+
+    def _engine(self) -> TrainingStep:
+        """The shared step skeleton with DINO's hooks (schedules are set by :meth:`fit`)."""
+        cfg = self.cfg
+        return TrainingStep(
+            optimizer=self.optimizer,
+            schedules=Schedules(lr=np.zeros(0)),
+            modules={"student": self.student, "teacher": self.teacher},
+            run=cfg.name,
+            clip_module=self.student,
+            clip_grad=cfg.optim.clip_grad,
+            grad_hook=lambda epoch: D.cancel_last_layer_gradients(epoch, self.student, cfg.dino.freeze_last_layer),
+            ema=lambda momentum: D.ema_update(self.teacher, self.student, momentum),
+            center=lambda outputs: self.loss_fn.update_center(outputs),
+            checkpoint=self.out / "checkpoint.pt",
+            hint="Lower optim.lr or raise optim.warmup_epochs.",
+            runtime=self.rt,
+            log=self.log,
+        )
 
     def _start_from(self, init_from: str) -> torch.Tensor:
         """Load student and teacher (backbone and head) of a finished run; return its DINO centre."""
@@ -246,15 +219,9 @@ class Pretrainer:
 
     # ------------------------------------------------------------ checkpoint
     def state(self) -> dict[str, Any]:
-        return {
-            "student": self.student.state_dict(),
-            "teacher": self.teacher.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "center": self.loss_fn.center.detach().cpu(),
-            "step": self.step,
-            "config": self.cfg.to_dict(),
-            "rng": torch.get_rng_state(),
-        }
+        return self.engine.state(
+            self.step, center=self.loss_fn.center.detach().cpu(), config=self.cfg.to_dict(), rng=torch.get_rng_state()
+        )
 
     def save(self) -> None:
         if self.rt.distributed:
@@ -264,13 +231,13 @@ class Pretrainer:
                 raise RuntimeError(f"step {self.step}: ranks hold different parameters {sums}")
             self.log.write({"event": "checkpoint", "step": self.step, "param_checksums": sums})
         if self.rt.main:
-            save_atomic(self.out / "checkpoint.pt", self.state())
+            self.engine.save(
+                self.out / "checkpoint.pt", self.step,
+                center=self.loss_fn.center.detach().cpu(), config=self.cfg.to_dict(), rng=torch.get_rng_state(),
+            )
 
     def restore(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        self.student.load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = self.engine.restore(path)
         self.loss_fn.center.copy_(state["center"].to(self.rt.device))
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"])
@@ -302,12 +269,7 @@ class Pretrainer:
         if steps_per_epoch == 0:
             raise ValueError(f"{sampler.batches_per_epoch()} batches per epoch cannot fill {accum} accumulation steps")
         total_steps = cfg.optim.epochs * steps_per_epoch
-        total_batch = cfg.optim.batch_size * accum * self.rt.world
-        lr_sched = D.cosine_scheduler(
-            cfg.optim.lr * total_batch / 256, cfg.optim.min_lr, cfg.optim.epochs, steps_per_epoch, cfg.optim.warmup_epochs
-        )
-        wd_sched = D.cosine_scheduler(cfg.optim.weight_decay, cfg.optim.weight_decay_end, cfg.optim.epochs, steps_per_epoch)
-        mom_sched = D.cosine_scheduler(cfg.dino.momentum_teacher, 1.0, cfg.optim.epochs, steps_per_epoch)
+        self.engine.schedules = self._schedules(steps_per_epoch)
         start = time.perf_counter()
         bar = tqdm(total=total_steps, initial=self.step, disable=not self.rt.main, desc=cfg.name, mininterval=5)
         record: dict[str, Any] = {}
@@ -316,7 +278,7 @@ class Pretrainer:
             sampler.set_epoch(epoch, start_batch=(self.step % steps_per_epoch) * accum)
             batches = iter(loader)
             for _ in range(steps_per_epoch - self.step % steps_per_epoch):
-                record = self._train_step([next(batches) for _ in range(accum)], epoch, lr_sched, wd_sched, mom_sched)
+                record = self._train_step([next(batches) for _ in range(accum)], epoch)
                 self.step += 1
                 bar.update(1)
                 if self.step % cfg.run.log_every == 0 or self.step == total_steps:
@@ -333,19 +295,48 @@ class Pretrainer:
         self.save()
         return self._finish({"steps": self.step, "epochs": cfg.optim.epochs, "last": record}, time.perf_counter() - start)
 
+    def _schedules(self, steps_per_epoch: int) -> Schedules:
+        """DINO's per-iteration schedules: learning rate (scaled by the total batch), weight decay, teacher momentum."""
+        optim = self.cfg.optim
+        total_batch = optim.batch_size * optim.accum_steps * self.rt.world
+        return Schedules(
+            lr=D.cosine_scheduler(optim.lr * total_batch / 256, optim.min_lr, optim.epochs, steps_per_epoch,
+                                  optim.warmup_epochs),
+            weight_decay=D.cosine_scheduler(optim.weight_decay, optim.weight_decay_end, optim.epochs, steps_per_epoch),
+            momentum=D.cosine_scheduler(self.cfg.dino.momentum_teacher, 1.0, optim.epochs, steps_per_epoch),
+        )
+
     def _finish(self, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
         summary["seconds"] = round(seconds, 2)
         if self.rt.main:
             write_json(self.out / "done.json", summary)
         return summary
 
-    def _train_step(self, micro_batches, epoch, lr_sched, wd_sched, mom_sched) -> dict[str, Any]:
-        cfg, rt = self.cfg, self.rt
+    def _train_step(self, micro_batches, epoch, *schedules) -> dict[str, Any]:
+        """One optimiser step through the shared skeleton; ``schedules`` (lr, weight decay, momentum) replace the run's."""
+        if schedules:
+            self.engine.schedules = Schedules(*schedules)
         it = self.step
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = float(lr_sched[it])
-            if i == 0:
-                group["weight_decay"] = float(wd_sched[it])
+        result = self.engine(it, lambda: self._forward_backward(micro_batches, epoch), epoch=epoch)
+        features, images = result.extras["features"], result.extras["images"]
+        with torch.no_grad():
+            feats = F.normalize(features[: images * 2].float(), dim=-1)
+            embed_std = (feats.std(dim=0).mean() * math.sqrt(feats.shape[-1])).item()
+        teacher_outputs = result.teacher_outputs or []
+        ent, ent_mean = D.output_entropy(teacher_outputs[-1], self.loss_fn.center, self.loss_fn.teacher_temp(epoch))
+        return {
+            **result.losses,
+            **result.record,
+            **self.engine.schedules.values(it),
+            "teacher_temp": self.loss_fn.teacher_temp(epoch),
+            "teacher_entropy": ent,
+            "teacher_mean_entropy": ent_mean,
+            "embed_std": embed_std,
+        }
+
+    def _forward_backward(self, micro_batches, epoch) -> StepResult:
+        """DINO (plus SPAN) forward and backward over the step's micro-batches, gradients synced once under DDP."""
+        rt = self.rt
         teacher_outputs, totals = [], {"loss": 0.0, "dino_loss": 0.0, "span_loss": 0.0}
         diag: dict[str, float] = {}
         for m, batch in enumerate(micro_batches):
@@ -355,15 +346,14 @@ class Pretrainer:
             if rt.distributed and m < len(micro_batches) - 1:
                 sync = self.student_ddp.no_sync()
             with sync:
-                with rt.autocast():
+                with self.engine.autocast():
                     with torch.no_grad():
                         teacher_logits, _, _ = self.teacher(global_crops)
                     student_logits, features, attention = self.student_ddp(crops, n_attention=2 if self.use_span else 0)
                     dino_loss = self.loss_fn(student_logits, teacher_logits, epoch)
                     loss = dino_loss
                     if self.use_span:
-                        maps = batch["global_maps"].to(rt.device).flatten(0, 1)
-                        terms = span_terms(attention, maps, self.head_index, cfg.span)
+                        terms = self._span_terms(attention, batch)
                         loss = loss + terms.loss
                         diag["inside_share"] = diag.get("inside_share", 0.0) + terms.inside_share.item() / len(micro_batches)
                 (loss / len(micro_batches)).backward()
@@ -372,44 +362,14 @@ class Pretrainer:
             totals["dino_loss"] += dino_loss.item() / len(micro_batches)
             if self.use_span:
                 totals["span_loss"] += terms.loss.item() / len(micro_batches)
-        self._check_finite(totals)
-        if cfg.optim.clip_grad:
-            D.clip_gradients(self.student, cfg.optim.clip_grad)
-        D.cancel_last_layer_gradients(epoch, self.student, cfg.dino.freeze_last_layer)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        D.ema_update(self.teacher, self.student, float(mom_sched[it]))
-        self.loss_fn.update_center(teacher_outputs)
-        with torch.no_grad():
-            feats = F.normalize(features[: global_crops[0].shape[0] * 2].float(), dim=-1)
-            embed_std = (feats.std(dim=0).mean() * math.sqrt(feats.shape[-1])).item()
-        ent, ent_mean = D.output_entropy(teacher_outputs[-1], self.loss_fn.center, self.loss_fn.teacher_temp(epoch))
-        return {
-            **totals,
-            **diag,
-            "lr": float(lr_sched[it]),
-            "weight_decay": float(wd_sched[it]),
-            "momentum": float(mom_sched[it]),
-            "teacher_temp": self.loss_fn.teacher_temp(epoch),
-            "teacher_entropy": ent,
-            "teacher_mean_entropy": ent_mean,
-            "embed_std": embed_std,
-        }
+        return StepResult(totals, diag, teacher_outputs,
+                          extras={"features": features, "images": global_crops[0].shape[0]})
 
-    def _check_finite(self, totals: dict[str, float]) -> None:
-        bad = torch.tensor([0.0 if math.isfinite(totals["loss"]) else 1.0])
-        if self.rt.distributed:
-            bad = bad.to(self.rt.device)
-            dist.all_reduce(bad)
-        if bad.item() > 0:
-            last = self.out / "checkpoint.pt"
-            where = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            self.log.write({"event": "diverged", "step": self.step, **totals})
-            raise DivergenceError(
-                f"{self.cfg.name}: loss is not finite at step {self.step} "
-                f"(total {totals['loss']}, dino {totals['dino_loss']}, span {totals['span_loss']}); "
-                f"training stopped; {where}. Lower optim.lr or raise optim.warmup_epochs."
-            )
+    def _span_terms(self, attention, batch):
+        """SPAN's terms (the paper's inclusion and exclusion, the coverage extension where weighted) on the assigned
+        heads of the two global views."""
+        maps = batch["global_maps"].to(self.rt.device).flatten(0, 1)
+        return span_terms(attention, maps, self.head_index, self.cfg.span)
 
 
 def pretrain(
