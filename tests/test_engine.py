@@ -9,7 +9,9 @@ import torch
 from spanlib import attention_study as A
 from spanlib.byol import ByolConfig, ByolOptimConfig, slic_priors, train_byol
 from spanlib.core.checkpoint import load_checkpoint, read_log
-from spanlib.core.configs import resolve
+from spanlib.core.configs import ModelConfig, resolve
+from spanlib.model.dino import param_groups
+from spanlib.model.vit import build_vit
 from spanlib.data.digits import DigitsConfig, DigitSource
 from spanlib.pretrain.engine import DivergenceError, Schedules, divergence_message
 from spanlib.pretrain.train import Pretrainer
@@ -134,3 +136,23 @@ def test_study_config_round_trips_through_yaml(tmp_path):
     assert (partial.model.img_size, partial.model.in_chans, partial.model.drop_path_rate) == (32, 1, 0.0)
     TINY_BYOL.to_yaml(tmp_path / "b.yaml")
     assert ByolConfig.from_yaml(tmp_path / "b.yaml") == TINY_BYOL
+
+
+def test_a_learning_rate_scale_moves_only_the_named_parameters_faster():
+    """span.attention_lr_scale: the last block's qkv in groups of their own, stepped at lr x scale, decayed as before."""
+    model = build_vit(ModelConfig(arch="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2,
+                                  num_heads=6, drop_path_rate=0.0))
+    plain = param_groups(model)
+    assert len(plain) == 2 and "lr_scale" not in plain[0]
+    groups = param_groups(model, {"blocks.1.attn.qkv.": 10.0})
+    names = {id(p): n for n, p in model.named_parameters()}
+    scaled = [g for g in groups if "lr_scale" in g]
+    assert sorted(names[id(p)] for g in scaled for p in g["params"]) == ["blocks.1.attn.qkv.bias", "blocks.1.attn.qkv.weight"]
+    assert sum(len(g["params"]) for g in groups) == sum(len(g["params"]) for g in plain)
+    optimizer = torch.optim.AdamW(groups)
+    Schedules(lr=np.array([0.01]), weight_decay=np.array([0.2])).apply(optimizer, 0)
+    by_name = {names[id(g["params"][0])]: g for g in optimizer.param_groups}
+    assert by_name["blocks.1.attn.qkv.weight"]["lr"] == pytest.approx(0.1)
+    assert by_name["blocks.1.attn.qkv.weight"]["weight_decay"] == pytest.approx(0.2)
+    assert by_name["blocks.1.attn.qkv.bias"]["weight_decay"] == 0.0
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01) and optimizer.param_groups[1]["weight_decay"] == 0.0

@@ -313,6 +313,11 @@ class SpanConfig(FrozenConfig):
             book and not the paper's method: KL from the normalised map to
             the head's attention (:func:`spanlib.model.span.coverage_loss`).
             0 (the default) is the paper's regularizer alone.
+        attention_lr_scale: learning-rate multiplier of the last block's
+            query/key/value projection in a SPAN run (an extension; 1 = the
+            paper's single learning rate). With Adam the step of a weight is
+            set by the learning rate, not by the weight of a loss term, so a
+            short run moves the assigned heads only as far as this lets it.
     """
 
     assigned_heads: dict[str, int] = field(default_factory=dict)
@@ -321,6 +326,7 @@ class SpanConfig(FrozenConfig):
     knowledge_maps: str | None = None
     renormalize: bool = True
     lambda_coverage: float = 0.0
+    attention_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)

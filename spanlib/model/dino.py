@@ -179,17 +179,34 @@ def cosine_scheduler(
     return out
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    """No weight decay on biases and norm parameters (DINO's ``get_params_groups``)."""
+def param_groups(model: nn.Module, lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """No weight decay on biases and norm parameters (DINO's ``get_params_groups``).
+
+    Args:
+        model: the network.
+        lr_scales: parameter-name prefix -> learning-rate multiplier. Matching
+            parameters go to groups of their own after the two plain ones,
+            with ``lr_scale`` (read by :class:`spanlib.pretrain.engine.Schedules`)
+            and ``regularized`` set; without it the two groups are DINO's.
+    """
     regularized, not_regularized = [], []
+    scaled: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name.endswith(".bias") or param.ndim == 1:
-            not_regularized.append(param)
-        else:
+        decays = not (name.endswith(".bias") or param.ndim == 1)
+        scale = next((s for prefix, s in (lr_scales or {}).items() if name.startswith(prefix)), None)
+        if scale is not None:
+            scaled.setdefault((float(scale), decays), []).append(param)
+        elif decays:
             regularized.append(param)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+        else:
+            not_regularized.append(param)
+    groups = [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+    for (scale, decays), params in scaled.items():
+        groups.append({"params": params, "lr_scale": scale, "regularized": decays,
+                       **({} if decays else {"weight_decay": 0.0})})
+    return groups
 
 
 def clip_gradients(model: nn.Module, clip: float) -> list[float]:

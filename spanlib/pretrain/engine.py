@@ -80,10 +80,11 @@ class Schedules:
     momentum: np.ndarray | None = None
 
     def apply(self, optimizer: torch.optim.Optimizer, it: int) -> None:
-        """Set iteration ``it``'s learning rate in every group and its weight decay in the first (regularised) one."""
+        """Set iteration ``it``'s learning rate in every group (times its ``lr_scale``) and its weight decay in the
+        regularised ones (the first, and any marked ``regularized``)."""
         for i, group in enumerate(optimizer.param_groups):
-            group["lr"] = float(self.lr[it])
-            if i == 0 and self.weight_decay is not None:
+            group["lr"] = float(self.lr[it]) * group.get("lr_scale", 1.0)
+            if (i == 0 or group.get("regularized")) and self.weight_decay is not None:
                 group["weight_decay"] = float(self.weight_decay[it])
 
     def values(self, it: int) -> dict[str, float]:

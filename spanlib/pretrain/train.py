@@ -150,7 +150,10 @@ class Pretrainer:
         self.loss_fn = D.DINOLoss(cfg.dino, self.n_crops, cfg.optim.epochs).to(self.rt.device)
         if start_center is not None:
             self.loss_fn.center.copy_(start_center.to(self.rt.device))
-        groups = D.param_groups(self.student)
+        scales = None
+        if self.use_span and cfg.span.attention_lr_scale != 1.0:
+            scales = {f"backbone.blocks.{len(backbone.blocks) - 1}.attn.qkv.": cfg.span.attention_lr_scale}
+        groups = D.param_groups(self.student, scales)
         # foreach: one fused kernel per group instead of a Python loop over
         # parameters (PyTorch only defaults to it on CUDA)
         if cfg.optim.optimizer == "adamw":
