@@ -50,39 +50,13 @@ from spanlib.maps.store import (
     resize_nearest,
     save_maps,
 )
-from spanlib.maps.workers import Job, grey, run_tasks
+from spanlib.maps.workers import Job, grey, parse_shard, run_tasks, shard_ids  # noqa: F401 - the shards' helpers, re-exported
 
 FORMAT = "spanlib-maps/1"
 METHODS = ("torch", "sitk")
 
 # the JSON files of a map directory: indented by one, anything else written as a string
 _JSON = {"indent": 1, "default": str}
-
-
-# --------------------------------------------------------------------------- shards
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ``None`` -> ``(0, 1)``.
-
-    Raises:
-        ValueError: malformed text.
-    """
-    if text is None:
-        return 0, 1
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError as error:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from error
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
-    return index, count
-
-
-def shard_ids(ids: Sequence[str], shard: tuple[int, int]) -> list[str]:
-    """Every n-th of the sorted ids, starting at i: shards partition the ids."""
-    index, count = shard
-    return sorted(ids)[index::count]
 
 
 # --------------------------------------------------------------------------- build
