@@ -121,11 +121,11 @@ def knowledge_maps_dir(spec: MapSpec, preset: str, dataset: str = "chest", data:
     folder = maps_folder(spec, preset, dataset, data)
     if folder is None:
         raise ValueError(f"knowledge maps of kind {spec.kind!r} are not built (the ground truth itself)")
-    films, reader = (Path(data), reader) if data else (_generated(preset)[dataset], "folder")
+    films, reader = (Path(data), reader) if data else (generated_data(preset)[dataset], "folder")
     return ensure_maps(spec.kind, films, folder, workers=workers, reader=reader, maps_from=maps_from, organs=organs)
 
 
-def _generated(preset: str) -> dict[str, Path]:
+def generated_data(preset: str) -> dict[str, Path]:
     """The preset's generated datasets, made if need be."""
     return make_default_data(preset, project_root() / "data" / "generated" / preset, seed=0)
 
@@ -231,7 +231,7 @@ def ensure_start(preset: str) -> Path | None:
     out = start_dir(preset)
     if (out / "done.json").is_file():
         return out
-    paths = _generated(preset)
+    paths = generated_data(preset)
     missing = [d for d in datasets if d not in paths]
     if missing:
         raise ValueError(f"preset {preset!r}: the start pools {missing}, which the preset's data does not make")
@@ -316,7 +316,7 @@ def run_config(key: RunKey, reader: str = "folder", maps_from: str | None = None
     if key.data:
         paths = {key.dataset: Path(key.data)}
     else:
-        paths, reader = _generated(key.preset), "folder"
+        paths, reader = generated_data(key.preset), "folder"
     overrides: dict[str, object] = {"run.seed": key.seed, "run.data": str(paths[key.dataset]), "run.reader": reader}
     if key.lambda_span is not None:
         overrides["span.lambda_inclusion"] = key.lambda_span

@@ -28,6 +28,7 @@ from spanlib.book.runs import (
     chapter_data,
     continues_start,
     ensure_pretrained,
+    generated_data,
     has_start,
     knowledge_maps_dir,
     project_root,
@@ -128,7 +129,7 @@ def map_dice(preset: str, data: str | None = None, reader: str = "folder", maps_
     takes them (default: the generated phantoms). None when the test films
     carry no organ masks.
     """
-    chest, reader = chapter_data(preset, "chest", data, reader)
+    chest, reader = (Path(data), reader) if data else (generated_data(preset)["chest"], "folder")
     test = split_of(open_dataset(reader, chest), "test")
     if not test.mask_names:
         return None
