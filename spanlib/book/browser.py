@@ -92,7 +92,7 @@ def _load_run(path: str | Path, map_spec: str | Path | None) -> _LoadedRun:
     cfg, model, _ = load_backbone(path)
     views = ViewMaker(cfg.views, cfg.model.img_size, (), cfg.model.in_chans)
     organs = tuple(cfg.span.assigned_heads)
-    spec = _resolve_spec(cfg.span.knowledge_maps if map_spec is None else str(map_spec))
+    spec = cfg.span.knowledge_maps if map_spec is None else _resolve_spec(str(map_spec))
     maps, note = None, ""
     if organs and spec is not None:
         try:

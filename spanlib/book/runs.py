@@ -9,11 +9,21 @@ papermill, JupyterLab) or from the repository root.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spanlib.core.configs import Config, load_config, resolve, resolve_start
+from spanlib.core.mapspec import MapSpec, maps_folder
 from spanlib.core.paths import data_dir, folder_lock, project_root, runs_dir  # noqa: F401 - the notebooks take paths from here
+from spanlib.data import make_default_data, open_dataset
+from spanlib.maps import build
+from spanlib.maps.store import MANIFEST, MapFileError, read_manifest
+from spanlib.pretrain.train import pretrain
 
 
 def record(results_path: str | Path | None, **values: object) -> None:
@@ -25,8 +35,6 @@ def record(results_path: str | Path | None, **values: object) -> None:
     """
     if not results_path:
         return
-    import json
-
     path = Path(results_path)
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(values)
@@ -38,10 +46,6 @@ class RunHandle:
     """A finished pretraining run: where it is, its config, its summary."""
 
     def __init__(self, path: Path, root: Path):
-        import json
-
-        from spanlib.core.configs import load_config
-
         self.path = path
         self.root = root
         self.config = load_config(path / "config.yaml")
@@ -52,15 +56,8 @@ class RunHandle:
         return f"RunHandle({self.path})"
 
 
-def _absolute(path: str | None, root: Path) -> str | None:
-    if path is None or path in ("triangular", "masks"):
-        return path
-    p = Path(path)
-    return str(p if p.is_absolute() else root / p)
-
-
 def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None, reader: str = "folder",
-                maps_from: str | None = None) -> Path:
+                maps_from: str | None = None, organs: tuple[str, ...] = ()) -> Path:
     """Build knowledge maps (:func:`spanlib.maps.build.build_knowledge_maps`) unless built.
 
     The builder itself resumes: maps already built are skipped. A lock file
@@ -68,34 +65,69 @@ def ensure_maps(kind: str, data: Path, out: Path, workers: int | None = None, re
     summary is printed as ``python -m spanlib templates build`` prints it.
     For a user's own data: ``reader`` reads ``data``, and ``maps_from`` is an
     annotated folder giving the exemplar (deformable) or the segmenter's
-    training films (global).
+    training films (global). ``organs``: the heuristic's maps for a ``data``
+    without masks (the run's assigned heads).
 
     Raises:
         RuntimeError: the build failed (bad data, unreadable files).
     """
-    import json
-    import os
-
-    from spanlib.maps import build
-
-    def built() -> bool:
-        return (out / "manifest.json").is_file() and (out / "report.json").is_file()
-
-    if built():
+    if _maps_built(kind, out, data, reader):
         return out
     # notebooks run at once (a sweep with workers) wait here for the first to build the maps
     with folder_lock(out):
-        if built():
+        if _maps_built(kind, out, data, reader):
             return out
         try:
             report = build.build_knowledge_maps(kind=kind, data=str(data), out=str(out), exemplar="auto",
                                                 workers=workers or os.cpu_count() or 1, progress=False, reader=reader,
                                                 exemplar_from=maps_from if kind == "deformable" else None,
-                                                segmenter_from=maps_from if kind == "global" else None)
+                                                segmenter_from=maps_from if kind == "global" else None,
+                                                organs=tuple(organs),
+                                                overwrite=(out / MANIFEST).is_file())
         except (ValueError, OSError, KeyError) as error:
             raise RuntimeError(f"{out}: building {kind} knowledge maps failed: {error}") from error
         print(json.dumps({k: v for k, v in report.items() if k != "records"}, indent=1))
     return out
+
+
+def _maps_built(kind: str, out: Path, data: Path, reader: str) -> bool:
+    """Whether ``out`` holds a finished build of ``kind`` (the heuristic: drawn at the images' size).
+
+    A triangular folder drawn at another size (an older build at 64 pixels)
+    is built again: training reads the heuristic at the images' own size.
+    """
+    if not ((out / MANIFEST).is_file() and (out / "report.json").is_file()):
+        return False
+    try:
+        manifest = read_manifest(out)
+    except MapFileError:
+        return False
+    if manifest["kind"] != kind:
+        return False
+    return kind != "triangular" or manifest["size"] == build.default_size(kind, open_dataset(reader, data))
+
+
+def knowledge_maps_dir(spec: MapSpec, preset: str, dataset: str = "chest", data: str | Path | None = None,
+                       reader: str = "folder", maps_from: str | None = None, workers: int | None = None,
+                       organs: tuple[str, ...] = ()) -> Path:
+    """The folder of ``spec``'s maps by the one rule (:func:`spanlib.core.mapspec.maps_folder`), built if need be.
+
+    Args:
+        spec: a built kind (``triangular``, ``global``, ``deformable``).
+        preset, dataset, data: whose maps: the preset's generated ``dataset``,
+            or a user's own ``data`` folder (read with ``reader``).
+        maps_from, organs: for a ``data`` without masks (see :func:`ensure_maps`).
+    """
+    folder = maps_folder(spec, preset, dataset, data)
+    if folder is None:
+        raise ValueError(f"knowledge maps of kind {spec.kind!r} are not built (the ground truth itself)")
+    films, reader = (Path(data), reader) if data else (generated_data(preset)[dataset], "folder")
+    return ensure_maps(spec.kind, films, folder, workers=workers, reader=reader, maps_from=maps_from, organs=organs)
+
+
+def generated_data(preset: str) -> dict[str, Path]:
+    """The preset's generated datasets, made if need be."""
+    return make_default_data(preset, project_root() / "data" / "generated" / preset, seed=0)
 
 
 @dataclass(frozen=True)
@@ -166,6 +198,57 @@ def chapter_data(preset: str, kind: str = "chest", data: str | None = None, read
     return data_dir(preset, kind), "folder"
 
 
+# ---------------------------------------------------------------------------- the shared start
+
+
+def start_dir(preset: str) -> Path:
+    """Where a preset's shared start lives: ``runs/<preset>/start``."""
+    return runs_dir(preset) / "start"
+
+
+def has_start(preset: str) -> bool:
+    """Whether the preset defines a shared start (the ``paper`` preset starts from ImageNet weights instead)."""
+    return resolve_start(preset) is not None
+
+
+def continues_start(preset: str) -> bool:
+    """Whether the preset's regimens continue its shared start by default."""
+    spec = resolve_start(preset)
+    return spec is not None and spec.continued
+
+
+def ensure_start(preset: str) -> Path | None:
+    """Train the preset's shared start unless it is trained; its run directory (None: no start).
+
+    A lock beside the run makes concurrent callers (a sweep's workers) wait
+    for one training. A killed training resumes from its last checkpoint.
+    What the start is and reports: :mod:`spanlib.book.start`.
+    """
+    spec = resolve_start(preset)
+    if spec is None:
+        return None
+    cfg, datasets = spec.config, spec.datasets
+    out = start_dir(preset)
+    if (out / "done.json").is_file():
+        return out
+    paths = generated_data(preset)
+    missing = [d for d in datasets if d not in paths]
+    if missing:
+        raise ValueError(f"preset {preset!r}: the start pools {missing}, which the preset's data does not make")
+    cfg = cfg.replace(**{"run.data": [str(paths[d]) for d in datasets]})
+    with folder_lock(out):
+        if (out / "done.json").is_file():
+            return out
+        if (out / "config.yaml").is_file() and load_config(out / "config.yaml") != cfg:
+            print(f"{out}: the start's configuration changed; training it again")
+            shutil.rmtree(out)
+        pretrain(cfg, out, resume=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- a run of the book
+
+
 def ensure_pretrained(
     preset: str,
     regimen: str,
@@ -199,14 +282,17 @@ def ensure_pretrained(
             ``start.continued`` says). ``dino_start`` is always the start
             itself, frozen; ``random`` never continues it.
     """
-    import shutil
+    key = run_key(preset, regimen, seed, lambda_span, epochs, dataset, data, terms, renormalize, from_start)
+    cfg = run_config(key, reader, maps_from)
+    out = key.path()
+    _train_cached(cfg, out)
+    return RunHandle(out, project_root())
 
-    from spanlib.core.configs import resolve
-    from spanlib.data import make_default_data
-    from spanlib.pretrain.train import pretrain
 
-    from spanlib.book.start import continues_start, ensure_start
-
+def run_key(preset: str, regimen: str, seed: int = 0, lambda_span: float | None = None, epochs: int | None = None,
+            dataset: str = "chest", data: str | None = None, terms: str = "both", renormalize: bool | None = None,
+            from_start: bool | None = None) -> RunKey:
+    """The :class:`RunKey` of :func:`ensure_pretrained`'s arguments, with the preset's defaults filled in."""
     if terms not in ("both", "inclusion", "exclusion"):
         raise ValueError(f"terms must be both, inclusion or exclusion, not {terms!r}")
     if from_start is None:
@@ -216,45 +302,50 @@ def ensure_pretrained(
     # made with one configuration (a seed in it would make every seed's call find it "changed" and redo it)
     if regimen == "dino_start":
         seed = 0
-    key = RunKey(preset, regimen, seed, lambda_span, epochs, dataset,
-                 str(data) if data else None, terms, renormalize, from_start)
-    root = project_root()
-    if data:
-        paths = {dataset: Path(data)}
+    return RunKey(preset, regimen, seed, lambda_span, epochs, dataset, str(data) if data else None, terms,
+                  renormalize, from_start)
+
+
+def run_config(key: RunKey, reader: str = "folder", maps_from: str | None = None) -> Config:
+    """The configuration ``key``'s run trains with; its data, shared start and knowledge maps made if need be.
+
+    The knowledge maps of a SPAN regimen are placed by the one rule
+    (:func:`spanlib.core.mapspec.maps_folder`), built, and the config names
+    that folder (``span.knowledge_maps.location``), whatever their kind.
+    """
+    if key.data:
+        paths = {key.dataset: Path(key.data)}
     else:
-        paths, reader = make_default_data(preset, root / "data" / "generated" / preset, seed=0), "folder"
-    overrides: dict[str, object] = {"run.seed": seed, "run.data": str(paths[dataset]), "run.reader": reader}
-    if lambda_span is not None:
-        overrides["span.lambda_inclusion"] = lambda_span
-        overrides["span.lambda_exclusion"] = lambda_span
-    if epochs is not None:
-        overrides["optim.epochs"] = epochs
-    if renormalize is not None:
-        overrides["span.renormalize"] = bool(renormalize)
-    if from_start:
-        start = ensure_start(preset)
+        paths, reader = generated_data(key.preset), "folder"
+    overrides: dict[str, object] = {"run.seed": key.seed, "run.data": str(paths[key.dataset]), "run.reader": reader}
+    if key.lambda_span is not None:
+        overrides["span.lambda_inclusion"] = key.lambda_span
+        overrides["span.lambda_exclusion"] = key.lambda_span
+    if key.epochs is not None:
+        overrides["optim.epochs"] = key.epochs
+    if key.renormalize is not None:
+        overrides["span.renormalize"] = bool(key.renormalize)
+    if key.from_start:
+        start = ensure_start(key.preset)
         if start is not None:
             overrides["run.init_from"] = str(start)
-    cfg = resolve(preset, regimen, overrides, dataset=dataset)
-    if terms != "both":  # one term alone: the other's weight to zero
-        cfg = cfg.replace(**{f"span.lambda_{'exclusion' if terms == 'inclusion' else 'inclusion'}": 0.0})
-    maps = cfg.span.knowledge_maps
-    if cfg.span.assigned_heads and maps not in (None, "triangular", "masks"):
-        target = Path(_absolute(maps, root))
-        kind = target.name
-        if dataset != "chest":
-            target = target.with_name(f"{dataset}-{kind}")
-        if data:
-            target = key.path().parent.parent / "maps" / kind
-        ensure_maps(kind, paths[dataset], target, reader=reader, maps_from=maps_from)
-        cfg = cfg.replace(**{"span.knowledge_maps": str(target)})
-    out = key.path()
+    cfg = resolve(key.preset, key.regimen, overrides, dataset=key.dataset)
+    if key.terms != "both":  # one term alone: the other's weight to zero
+        cfg = cfg.replace(**{f"span.lambda_{'exclusion' if key.terms == 'inclusion' else 'inclusion'}": 0.0})
+    spec = cfg.span.knowledge_maps
+    if cfg.span.assigned_heads and spec is not None and spec.built:
+        folder = knowledge_maps_dir(spec, key.preset, key.dataset, key.data, reader, maps_from,
+                                    organs=tuple(cfg.span.assigned_heads))
+        cfg = cfg.replace(**{"span.knowledge_maps": spec.at(folder)})
+    return cfg
+
+
+def _train_cached(cfg: Config, out: Path) -> None:
+    """Train ``cfg`` into ``out`` unless done; a run made with another configuration or start is trained again."""
     # the start a run continued, by the content of its done.json: a start trained again retrains its runs
     start_id = _start_id(cfg.run.init_from)
     recorded = (out / "start-id").read_text() if (out / "start-id").is_file() else None
     if (out / "config.yaml").exists():
-        from spanlib.core.configs import load_config
-
         if load_config(out / "config.yaml") != cfg:
             print(f"{out}: configuration changed since this run was made; training it again")
             shutil.rmtree(out)
@@ -264,14 +355,11 @@ def ensure_pretrained(
     pretrain(cfg, out, resume=True)
     if start_id:
         (out / "start-id").write_text(start_id)
-    return RunHandle(out, root)
 
 
 def _start_id(init_from: str | None) -> str:
     """A fingerprint of the finished start a run continues ('' for none)."""
     if not init_from:
         return ""
-    import hashlib
-
     done = Path(init_from) / "done.json"
     return hashlib.blake2b(done.read_bytes(), digest_size=8).hexdigest() if done.is_file() else ""

@@ -4,7 +4,8 @@ The paper starts every regimen from DINO's ImageNet weights (800 epochs). At
 book scale the same role is played by one DINO run on every generated set
 pooled (chest phantoms, cast parts, cluttered digits: the book's "ImageNet"),
 trained once with DINO's own views and cached like every run
-(``runs/<preset>/start``). Its frozen self is the ``dino_start`` regimen, the
+(``runs/<preset>/start``; trained by :func:`spanlib.book.runs.ensure_start`,
+which every run continuing it calls). Its frozen self is the ``dino_start`` regimen, the
 paper's "DINO" row; every trained regimen continues it (``run.init_from``).
 :func:`start_report` says how far DINO got: the loss below log K, the teacher's
 entropy and a k-NN accuracy on a held-out generated task.
@@ -17,7 +18,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spanlib.core.paths import folder_lock, project_root, runs_dir
+import numpy as np
+
+from spanlib.book.runs import continues_start, ensure_pretrained, ensure_start, has_start, start_dir  # noqa: F401
+from spanlib.core.checkpoint import write_json
+from spanlib.core.configs import resolve_start
+from spanlib.core.paths import project_root
+from spanlib.data import DIGIT_LABELS, make_default_data, open_dataset
+from spanlib.eval.evaluate import cached_extract
+from spanlib.eval.probe import knn_classify
 
 KNN_TASK = "digits"
 """The held-out task of the start's k-NN check: which of ten digits a cluttered canvas shows."""
@@ -27,60 +36,6 @@ REPORT_KEYS = frozenset({"steps", "datasets", "dino_loss", "log_k", "loss_below_
                          "teacher_mean_entropy", "knn_task", "knn_accuracy", "knn_accuracy_random", "knn_chance",
                          "knn_test"})
 """The keys of :func:`start_report`'s result."""
-
-
-def start_dir(preset: str) -> Path:
-    """Where a preset's shared start lives: ``runs/<preset>/start``."""
-    return runs_dir(preset) / "start"
-
-
-def has_start(preset: str) -> bool:
-    """Whether the preset defines a shared start (the ``paper`` preset starts from ImageNet weights instead)."""
-    from spanlib.core.configs import resolve_start
-
-    return resolve_start(preset) is not None
-
-
-def continues_start(preset: str) -> bool:
-    """Whether the preset's regimens continue its shared start by default."""
-    from spanlib.core.configs import resolve_start
-
-    spec = resolve_start(preset)
-    return spec is not None and spec.continued
-
-
-def ensure_start(preset: str) -> Path | None:
-    """Train the preset's shared start unless it is trained; its run directory (None: no start).
-
-    A lock beside the run makes concurrent callers (a sweep's workers) wait
-    for one training. A killed training resumes from its last checkpoint.
-    """
-    from spanlib.core.configs import load_config, resolve_start
-    from spanlib.data import make_default_data
-    from spanlib.pretrain.train import pretrain
-
-    spec = resolve_start(preset)
-    if spec is None:
-        return None
-    cfg, datasets = spec.config, spec.datasets
-    out = start_dir(preset)
-    if (out / "done.json").is_file():
-        return out
-    paths = make_default_data(preset, project_root() / "data" / "generated" / preset, seed=0)
-    missing = [d for d in datasets if d not in paths]
-    if missing:
-        raise ValueError(f"preset {preset!r}: the start pools {missing}, which the preset's data does not make")
-    cfg = cfg.replace(**{"run.data": [str(paths[d]) for d in datasets]})
-    with folder_lock(out):
-        if (out / "done.json").is_file():
-            return out
-        if (out / "config.yaml").is_file() and load_config(out / "config.yaml") != cfg:
-            import shutil
-
-            print(f"{out}: the start's configuration changed; training it again")
-            shutil.rmtree(out)
-        pretrain(cfg, out, resume=True)
-    return out
 
 
 def final_record(run: str | Path) -> dict[str, Any]:
@@ -105,14 +60,6 @@ def start_report(preset: str, seed: int = 0) -> dict[str, Any]:
         features) beside ``knn_accuracy_random`` (an untrained network of the
         same shape), ``knn_chance`` and ``knn_test`` (held-out canvases); percent for accuracies.
     """
-    import numpy as np
-
-    from spanlib.core.checkpoint import write_json
-    from spanlib.core.configs import resolve_start
-    from spanlib.data import DIGIT_LABELS, make_default_data, open_dataset
-    from spanlib.eval.evaluate import cached_extract
-    from spanlib.eval.probe import knn_classify
-
     out = ensure_start(preset)
     if out is None:
         raise ValueError(f"preset {preset!r} has no shared start")
@@ -121,8 +68,6 @@ def start_report(preset: str, seed: int = 0) -> dict[str, Any]:
         cached = json.loads(path.read_text())
         if REPORT_KEYS <= set(cached):  # a report written before a key was added is computed again
             return cached
-    from spanlib.book.runs import ensure_pretrained
-
     cfg_out_dim = ensure_pretrained(preset, "dino_start").config.dino.out_dim
     record = final_record(out)
     digits = make_default_data(preset, project_root() / "data" / "generated" / preset, seed=0)[KNN_TASK]

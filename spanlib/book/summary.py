@@ -22,8 +22,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spanlib.book.runs import RunHandle, RunKey, chapter_data, ensure_pretrained, project_root, runs_dir
-from spanlib.book.start import continues_start, final_record, has_start, loss_below_log_k, start_report
+from spanlib.book.runs import (
+    RunHandle,
+    RunKey,
+    chapter_data,
+    continues_start,
+    ensure_pretrained,
+    generated_data,
+    has_start,
+    knowledge_maps_dir,
+    project_root,
+    runs_dir,
+)
+from spanlib.book.start import final_record, loss_below_log_k, start_report
+from spanlib.core.configs import REGIMENS, load_preset, resolve
+from spanlib.core.mapspec import MAP_KINDS, MapSpec
+from spanlib.data import open_dataset
+from spanlib.eval.evaluate import evaluate
+from spanlib.eval.intervals import seed_interval
+from spanlib.eval.sets import split_of
+from spanlib.maps.quality import dice_scores
+from spanlib.maps.store import load_knowledge_maps
 
 FEWSHOT_BASELINES = ("random", "dino_start", "dino", "dino_cxr")
 """Few-label baselines: untrained, the shared start frozen, DINO's own views (the paper's baseline), the chest views."""
@@ -68,8 +87,6 @@ def _mean_map(attention: dict[str, Any]) -> float:
 
 def _interval_tree(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """``[{a: {b: x}}, ...]`` over seeds -> ``{a: {b: seed_interval([x, ...])}}``; None values stay None."""
-    from spanlib.eval.intervals import seed_interval
-
     first = per_seed[0]
     if isinstance(first, dict):
         return {k: _interval_tree([p[k] for p in per_seed]) for k in first}
@@ -89,8 +106,6 @@ def part_regimens(preset: str, seed: int, parts: Path, parts_data: str | None, p
         ``{"runs": {name: RunHandle}, "kept": regimen, "kept_name": FEWSHOT_KEPT,
         "attention": {regimen: mAP}}``.
     """
-    from spanlib.eval.evaluate import evaluate
-
     runs = {r: ensure_pretrained(preset, r, seed=seed, dataset="parts", data=parts_data, reader=parts_reader)
             for r in FEWSHOT_BASELINES + PART_SPAN_REGIMENS}
     attention = {r: _mean_map(evaluate("attention", runs[r].path, parts, reader=parts_reader, test_on="train",
@@ -102,28 +117,27 @@ def part_regimens(preset: str, seed: int, parts: Path, parts_data: str | None, p
     return {"runs": chosen, "kept": kept, "kept_name": FEWSHOT_KEPT, "attention": attention}
 
 
-MAP_KINDS = ("triangular", "global", "deformable")
-"""The three kinds of knowledge map, each the prior of regimen ``span_<kind>``."""
-
-
-def map_dice(preset: str, chest: Path, reader: str, maps_dir: Path, maps_from: str | None = None
+def map_dice(preset: str, data: str | None = None, reader: str = "folder", maps_from: str | None = None
              ) -> dict[str, dict[str, float]] | None:
     """Dice (percent) of each kind of knowledge map against the true masks of the test films, per organ.
 
-    The maps are the ones the ``span_<kind>`` runs trained with (built once,
-    cached in ``maps_dir/<kind>``). None when the test films carry no organ masks.
+    The maps are the very ones the ``span_<kind>`` runs trained with: the
+    folder the one rule places (:func:`spanlib.book.runs.knowledge_maps_dir`),
+    built with the runs' organs, read at each film's size as the loader reads
+    them (:meth:`~spanlib.maps.store.KnowledgeMaps.maps_at`). ``data``,
+    ``reader``, ``maps_from``: a user's chest films, as :func:`ensure_pretrained`
+    takes them (default: the generated phantoms). None when the test films
+    carry no organ masks.
     """
-    from spanlib.book.runs import ensure_maps
-    from spanlib.data import open_dataset
-    from spanlib.eval.sets import split_of
-    from spanlib.maps.quality import dice_scores
-    from spanlib.maps.store import load_knowledge_maps
-
+    chest, reader = (Path(data), reader) if data else (generated_data(preset)["chest"], "folder")
     test = split_of(open_dataset(reader, chest), "test")
+    if not test.mask_names:
+        return None
     out = {}
     for kind in MAP_KINDS:
-        maps = load_knowledge_maps(ensure_maps(kind, chest, maps_dir / kind, reader=reader, maps_from=maps_from))
-        scores = dice_scores(maps, test, skip_missing=True)
+        organs = tuple(resolve(preset, f"span_{kind}").span.assigned_heads)
+        folder = knowledge_maps_dir(MapSpec(kind), preset, "chest", data, reader, maps_from, organs=organs)
+        scores = dice_scores(load_knowledge_maps(folder), test, skip_missing=True)
         if not all(scores.values()):
             return None
         out[kind] = {organ: 100.0 * sum(v) / len(v) for organ, v in scores.items()}
@@ -140,8 +154,6 @@ def score_run(preset: str, run: RunHandle, seed: int, dataset: str = "chest", he
     of the headline tables (else an ablation run: attention only). Returns
     the evaluations made.
     """
-    from spanlib.eval.evaluate import evaluate
-
     data, _ = chapter_data(preset, dataset)
     regimen = run.config.regimen
     done = []
@@ -165,8 +177,6 @@ def score_run(preset: str, run: RunHandle, seed: int, dataset: str = "chest", he
 
 def _ablations_reuse(preset: str, regimen: str, seed: int) -> bool:
     """Whether :func:`build_ablations` scores this headline run itself (its lambda row at the preset's lambda)."""
-    from spanlib.core.configs import load_preset, resolve
-
     if "ablations" not in load_preset(preset):
         return False
     settings = ablation_settings(preset)
@@ -204,10 +214,6 @@ def build_summary(
             has no validation split.
         parts_data, parts_reader: the inspection set (default: the generated parts).
     """
-    from spanlib.core.configs import REGIMENS
-    from spanlib.data import open_dataset
-    from spanlib.eval.evaluate import evaluate
-
     chest, reader = chapter_data(preset, "chest", data, reader)
     scored, eval_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
     parts, parts_reader = chapter_data(preset, "parts", parts_data, parts_reader)
@@ -246,7 +252,7 @@ def build_summary(
         "regimens": regimens,
         "fewshot": _interval_tree(fewshot_seeds),
         "fewshot_kept": kept,
-        "knowledge_map_dice": map_dice(preset, chest, reader, root / "maps", maps_from),
+        "knowledge_map_dice": map_dice(preset, data, reader, maps_from),
     }
     out = root / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,8 +266,6 @@ TERMS = ("both", "inclusion", "exclusion")
 
 def ablation_settings(preset: str) -> dict[str, Any]:
     """The preset's ``ablations`` section: ``regimen``, ``lambdas``, ``seed``, ``epochs`` (None: the preset's)."""
-    from spanlib.core.configs import load_preset
-
     section = load_preset(preset).get("ablations")
     if not section:
         raise ValueError(f"preset {preset!r} has no 'ablations' section (regimen, lambdas, seed)")
@@ -281,9 +285,6 @@ def build_ablations(preset: str) -> dict[str, Any]:
     The terms rows use the preset's lambda, so that "both, renormalised" is
     the headline run itself; the sweep's choice is reported beside them.
     """
-    from spanlib.core.configs import resolve
-    from spanlib.eval.evaluate import evaluate
-
     settings = ablation_settings(preset)
     regimen, seed = settings["regimen"], int(settings["seed"])
     chest, _ = chapter_data(preset, "chest")

@@ -32,6 +32,8 @@ from typing import Any, Self
 
 import yaml
 
+from spanlib.core.mapspec import MapSpec
+
 
 # ---------------------------------------------------------------------------- plain data and dotted overrides
 
@@ -222,7 +224,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                     return shaped
         return value
     if isinstance(hint, type) and is_dataclass(hint):
-        return value if isinstance(value, hint) else _build(hint, value, where)
+        if isinstance(value, hint):
+            return value
+        if hasattr(hint, "from_value"):  # a value class with its own reading (MapSpec: old strings too)
+            return hint.from_value(value, where)
+        return _build(hint, value, where)
     if origin is tuple and isinstance(value, (list, tuple)):
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -304,9 +310,11 @@ class SpanConfig(FrozenConfig):
             means plain DINO.
         lambda_inclusion: weight of the reward for attention mass inside K.
         lambda_exclusion: weight of the penalty on attention mass outside K.
-        knowledge_maps: ``triangular`` (computed on the fly), ``masks`` (the
-            ground truth, an oracle), or a directory written by
-            ``python -m spanlib templates build``.
+        knowledge_maps: which prior K: a :class:`~spanlib.core.mapspec.MapSpec`
+            (``{kind: triangular | global | deformable | masks, location}``);
+            its folder is placed by :func:`spanlib.core.mapspec.maps_folder`.
+            A string saved by an older run is converted (see
+            :meth:`~spanlib.core.mapspec.MapSpec.from_value`).
         renormalize: renormalise each assigned head's patch attention to sum
             to one before the terms (see :mod:`spanlib.model.span` for why).
         lambda_coverage: weight of the coverage term, an extension of the
@@ -323,7 +331,7 @@ class SpanConfig(FrozenConfig):
     assigned_heads: dict[str, int] = field(default_factory=dict)
     lambda_inclusion: float = 0.0
     lambda_exclusion: float = 0.0
-    knowledge_maps: str | None = None
+    knowledge_maps: MapSpec | None = None
     renormalize: bool = True
     lambda_coverage: float = 0.0
     attention_lr_scale: float = 1.0

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from spanlib.core.checkpoint import write_json
-from spanlib.maps.heuristic import MAP_KINDS, heuristic_maps
-from spanlib.maps.quality import resize_nearest
+from spanlib.core.mapspec import MAP_KINDS
+from spanlib.maps.heuristic import heuristic_maps
 from spanlib.maps.store import (
     MANIFEST,
     MAPS_DIR,
@@ -47,9 +47,10 @@ from spanlib.maps.store import (
     params_hash,
     read_manifest,
     read_maps,
+    resize_nearest,
     save_maps,
 )
-from spanlib.maps.workers import Job, grey, run_tasks
+from spanlib.maps.workers import Job, grey, parse_shard, run_tasks, shard_ids  # noqa: F401 - the shards' helpers, re-exported
 
 FORMAT = "spanlib-maps/1"
 METHODS = ("torch", "sitk")
@@ -58,58 +59,16 @@ METHODS = ("torch", "sitk")
 _JSON = {"indent": 1, "default": str}
 
 
-# --------------------------------------------------------------------------- shards
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ``None`` -> ``(0, 1)``.
-
-    Raises:
-        ValueError: malformed text.
-    """
-    if text is None:
-        return 0, 1
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError as error:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from error
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
-    return index, count
-
-
-def shard_ids(ids: Sequence[str], shard: tuple[int, int]) -> list[str]:
-    """Every n-th of the sorted ids, starting at i: shards partition the ids."""
-    index, count = shard
-    return sorted(ids)[index::count]
-
-
 # --------------------------------------------------------------------------- build
 
 
 def build_knowledge_maps(
-    kind: str,
-    data: str | Path,
-    out: str | Path,
-    size: int = 64,
-    workers: int = 1,
-    shard: tuple[int, int] = (0, 1),
-    exemplar: str | None = None,
-    split: str | None = None,
-    method: str = "torch",
-    fallback: str | Path | None = None,
-    batch_size: int = 32,
-    seg_train: int = 32,
-    seg_steps: int = 150,
-    seg_arch: str = "unet",
-    overwrite: bool = False,
-    progress: bool = False,
-    registration_config: Any = None,
-    reader: str = "folder",
-    reader_options: dict[str, Any] | None = None,
-    exemplar_from: str | Path | None = None,
-    exemplar_reader: str = "folder",
-    segmenter_from: str | Path | None = None,
+    kind: str, data: str | Path, out: str | Path, size: int | None = None, workers: int = 1,
+    shard: tuple[int, int] = (0, 1), exemplar: str | None = None, split: str | None = None, method: str = "torch",
+    fallback: str | Path | None = None, batch_size: int = 32, seg_train: int = 32, seg_steps: int = 150,
+    seg_arch: str = "unet", overwrite: bool = False, progress: bool = False, registration_config: Any = None,
+    reader: str = "folder", reader_options: dict[str, Any] | None = None, exemplar_from: str | Path | None = None,
+    exemplar_reader: str = "folder", segmenter_from: str | Path | None = None, organs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Build (or resume) a knowledge-map directory; the library form of ``templates build``.
 
@@ -117,9 +76,9 @@ def build_knowledge_maps(
         kind: ``triangular``, ``global`` or ``deformable``.
         data: dataset folder in the spanlib folder format.
         out: output directory.
-        size: side of the stored maps.
-        workers: worker processes (deformable; the global average runs in
-            this process, single-threaded).
+        size: side of the stored maps (None: :func:`default_size`: the images' side for
+            the heuristic, 64 for the others).
+        workers: worker processes (deformable; global runs single-threaded here).
         shard: ``(i, n)``: build every n-th of the sorted ids from i (deformable).
         exemplar: exemplar sample id, or ``None`` / ``"auto"``: the most
             typical of the first 8 training samples with every mask (see
@@ -138,13 +97,13 @@ def build_knowledge_maps(
         reader: how to read ``data`` (a name of :data:`spanlib.data.READERS`:
             ``folder``, ``images``, ``chexpert``...).
         reader_options: that reader's options.
-        exemplar_from: an annotated dataset to take the exemplar from
-            (deformable), for a set without masks: the paper registers one
-            JSRT film onto CheXpert. ``exemplar`` then names an id of that set.
+        exemplar_from: an annotated dataset to take the exemplar from (deformable), for a set without
+            masks (the paper registers one JSRT film onto CheXpert); ``exemplar`` then names its id.
         exemplar_reader: how to read ``exemplar_from`` (and ``segmenter_from``).
         segmenter_from: an annotated dataset to train the segmentation network
             on (global), whose predictions are then averaged over ``data``:
             the paper trains on 200 JSRT films.
+        organs: the maps to draw (triangular) when the dataset has no masks to name them.
 
     Returns:
         The summary report (also written to ``report*.json``), with the
@@ -154,45 +113,24 @@ def build_knowledge_maps(
         ValueError: bad arguments, a dataset without masks, an unknown exemplar,
             or a directory built with other settings (without ``overwrite``).
     """
-    from spanlib.data import open_dataset
-
     if kind not in MAP_KINDS:
         raise ValueError(f"kind must be one of {MAP_KINDS}, got {kind!r}")
-    if size < 4:
+    if size is not None and size < 4:
         raise ValueError(f"--size must be at least 4, got {size}")
     if shard != (0, 1) and kind != "deformable":
         raise ValueError("--shard applies to --kind deformable only (the other kinds build one map set)")
     start = time.perf_counter()
     out = Path(out)
     reader_options = {**(reader_options or {}), **({"split": split} if split is not None else {})}
-    dataset = open_dataset(reader, data, **reader_options)
     source = exemplar_from if kind == "deformable" else segmenter_from if kind == "global" else None
-    annotated = open_dataset(exemplar_reader, source) if source is not None else dataset
-    organs = tuple(annotated.mask_names)
-    if not organs:
-        where = Path(source) if source is not None else Path(data)
-        hint = "" if source is not None or kind == "triangular" else (
-            "; for a set without masks take them from another set: --exemplar-from DIR (deformable) "
-            "or --segmenter-from DIR (global)")
-        raise ValueError(f"{where}: the dataset has no masks{hint}")
-    data_info = {"name": Path(data).name, "samples": len(dataset), "split": split, "reader": reader,
-                 "generator": dataset.meta.get("generator"), "seed": dataset.meta.get("seed")}
-    if source is not None:
-        data_info["annotated_from"] = {"path": str(source), "reader": exemplar_reader, "samples": len(annotated)}
+    dataset, annotated, organs, data_info = _open_sets(kind, data, reader, reader_options, split, source,
+                                                       exemplar_reader, organs if kind == "triangular" else ())
+    size = size if size is not None else default_size(kind, dataset)
     if kind == "triangular":
-        params = {"heuristic": "triangles" if "heart" in organs or "left_lung" in organs else "rings"}
-        manifest = _manifest(kind, organs, size, params, data_info)
-        report = _build_template(out, manifest, overwrite, lambda: (heuristic_maps(size, size, organs), None, {}))
+        report = _build_triangular(out, organs, size, data_info, overwrite)
     elif kind == "global":
-        from spanlib.maps.segmentation import SegConfig
-
-        seg_config = SegConfig(arch=seg_arch, steps=seg_steps, n_train=seg_train)
-        params = {"segmentation": seg_config.to_dict(), "ids_hash": params_hash({"ids": sorted(dataset.ids)})}
-        if source is not None:
-            params["trained_on_hash"] = params_hash({"ids": sorted(annotated.ids), "root": str(annotated.root)})
-        manifest = _manifest(kind, organs, size, params, data_info)
-        report = _build_template(out, manifest, overwrite,
-                                 lambda: _global_average(dataset, organs, size, seg_config, out, progress, annotated))
+        report = _build_global(dataset, annotated, organs, out, size, data_info, overwrite, progress,
+                               seg_arch, seg_steps, seg_train)
     else:
         report = _build_deformable(dataset, organs, out, size, workers, shard, exemplar, method, fallback,
                                    batch_size, overwrite, progress, registration_config, data_info, annotated,
@@ -204,6 +142,75 @@ def build_knowledge_maps(
     suffix = "" if shard == (0, 1) else f"-{shard[0]}-of-{shard[1]}"
     write_json(out / f"report{suffix}.json", report, **_JSON)
     return report
+
+
+DEFAULT_SIZE = 64
+"""Side of stored global and deformable maps unless asked otherwise."""
+
+
+def default_size(kind: str, dataset: Any) -> int:
+    """The side maps are stored at unless asked: the images' side for the heuristic, else :data:`DEFAULT_SIZE`.
+
+    The heuristic is drawn at the size of the images it is for, so that the
+    maps training reads (:meth:`~spanlib.maps.store.KnowledgeMaps.maps_at`)
+    are the triangles drawn at the image's own size, not a 64-pixel drawing
+    enlarged. The side is the first image's longer side (every generated set
+    has one square size).
+    """
+    if kind != "triangular" or len(dataset) == 0:
+        return DEFAULT_SIZE
+    return int(max(np.asarray(dataset[0].image).shape[:2]))
+
+
+def _open_sets(kind: str, data: str | Path, reader: str, reader_options: dict[str, Any], split: str | None,
+               source: str | Path | None, source_reader: str, unmasked: tuple[str, ...] = ()
+               ) -> tuple[Any, Any, tuple[str, ...], dict[str, Any]]:
+    """The dataset the maps are for, the annotated one their masks come from, its organs and the report's data entry.
+
+    The organs are the annotated set's mask names, else ``unmasked`` (the heuristic needs no masks).
+
+    Raises:
+        ValueError: no masks to take the organs from.
+    """
+    from spanlib.data import open_dataset
+
+    dataset = open_dataset(reader, data, **reader_options)
+    annotated = open_dataset(source_reader, source) if source is not None else dataset
+    organs = tuple(annotated.mask_names) or tuple(unmasked)
+    if not organs:
+        where = Path(source) if source is not None else Path(data)
+        hint = "" if source is not None or kind == "triangular" else (
+            "; for a set without masks take them from another set: --exemplar-from DIR (deformable) "
+            "or --segmenter-from DIR (global)")
+        raise ValueError(f"{where}: the dataset has no masks{hint}")
+    data_info = {"name": Path(data).name, "samples": len(dataset), "split": split, "reader": reader,
+                 "generator": dataset.meta.get("generator"), "seed": dataset.meta.get("seed")}
+    if source is not None:
+        data_info["annotated_from"] = {"path": str(source), "reader": source_reader, "samples": len(annotated)}
+    return dataset, annotated, organs, data_info
+
+
+def _build_triangular(out: Path, organs: tuple[str, ...], size: int, data_info: dict[str, Any], overwrite: bool
+                      ) -> dict[str, Any]:
+    """The spatial heuristic drawn at ``size x size``: triangles for chest organs, rings for part regions."""
+    params = {"heuristic": "triangles" if "heart" in organs or "left_lung" in organs else "rings"}
+    manifest = _manifest("triangular", organs, size, params, data_info)
+    return _build_template(out, manifest, overwrite, lambda: (heuristic_maps(size, size, organs), None, {}))
+
+
+def _build_global(dataset: Any, annotated: Any, organs: tuple[str, ...], out: Path, size: int,
+                  data_info: dict[str, Any], overwrite: bool, progress: bool, seg_arch: str, seg_steps: int,
+                  seg_train: int) -> dict[str, Any]:
+    """A segmenter trained on ``annotated``, its probabilities averaged over ``dataset``."""
+    from spanlib.maps.segmentation import SegConfig
+
+    seg_config = SegConfig(arch=seg_arch, steps=seg_steps, n_train=seg_train)
+    params = {"segmentation": seg_config.to_dict(), "ids_hash": params_hash({"ids": sorted(dataset.ids)})}
+    if annotated is not dataset:
+        params["trained_on_hash"] = params_hash({"ids": sorted(annotated.ids), "root": str(annotated.root)})
+    manifest = _manifest("global", organs, size, params, data_info)
+    return _build_template(out, manifest, overwrite,
+                           lambda: _global_average(dataset, organs, size, seg_config, out, progress, annotated))
 
 
 def _manifest(kind: str, organs: tuple[str, ...], size: int, params: dict[str, Any], data_info: dict[str, Any]

@@ -23,8 +23,8 @@ import os
 import sys
 
 from spanlib.data.readers import READERS
+from spanlib.core.mapspec import MAP_KINDS
 from spanlib.maps.build import METHODS, build_knowledge_maps, parse_shard
-from spanlib.maps.heuristic import MAP_KINDS
 from spanlib.maps.quality import dice_report
 from spanlib.maps.store import load_knowledge_maps
 
@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--exemplar-reader", default="folder", choices=sorted(READERS),
                        help="how to read --exemplar-from / --segmenter-from (default: folder)")
     build.add_argument("--out", required=True, help="output directory of the maps")
-    build.add_argument("--size", type=int, default=64, help="side of the stored maps (default 64)")
+    build.add_argument("--size", type=int, default=None,
+                       help="side of the stored maps (default: the images' side for triangular, 64 otherwise)")
     build.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="worker processes, one thread each (default: CPU count)")
     build.add_argument("--shard", default=None, help="i/n: build only every n-th sorted id from i (deformable)")

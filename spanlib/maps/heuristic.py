@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from spanlib.core.mapspec import MAP_KINDS
 from spanlib.data.parts import PART_MASKS as PART_REGIONS
 from spanlib.data.sample import CHEST_ORGANS
 
@@ -38,8 +39,6 @@ __all__ = [
     "triangle_vertices",
     "triangular_maps",
 ]
-
-MAP_KINDS: tuple[str, ...] = ("triangular", "global", "deformable")
 
 # Vertices (x, y) as fractions of width and height (x to the image's right,
 # y down). The patient's right lung is drawn on the image's left; the left

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from spanlib.maps.store import KnowledgeMaps
+from spanlib.maps.store import KnowledgeMaps, resize_nearest
 
 __all__ = ["dice", "dice_report", "dice_scores", "resize_nearest"]
 
@@ -17,14 +17,6 @@ class _MaskedSample(Protocol):
     id: str
     image: np.ndarray
     masks: dict[str, np.ndarray]
-
-
-def resize_nearest(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize ``[..., h, w]`` to ``[..., height, width]`` by nearest neighbour (pixel centres)."""
-    h, w = maps.shape[-2:]
-    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(int), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(int), w - 1)
-    return maps[..., rows[:, None], cols[None, :]]
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -38,7 +30,8 @@ def dice_scores(knowledge_maps: KnowledgeMaps, dataset: Iterable[_MaskedSample],
                 ) -> dict[str, list[float]]:
     """Dice of every organ map against the ground truth, per sample.
 
-    Maps are thresholded at 0.5 and resized to the image by nearest neighbour.
+    Maps are taken at the image's size as training takes them
+    (:meth:`~spanlib.maps.store.KnowledgeMaps.maps_at`) and thresholded at 0.5.
     Organs a sample has no mask for are left out for that sample.
 
     Args:
@@ -54,7 +47,7 @@ def dice_scores(knowledge_maps: KnowledgeMaps, dataset: Iterable[_MaskedSample],
         if skip_missing and sample.id not in knowledge_maps:
             continue
         height, width = sample.image.shape[:2]
-        maps = resize_nearest(knowledge_maps.maps_for(sample.id) >= 0.5, height, width)
+        maps = knowledge_maps.maps_at(sample.id, height, width) >= 0.5
         for channel, organ in enumerate(knowledge_maps.organs):
             if organ in sample.masks:
                 scores[organ].append(dice(maps[channel], sample.masks[organ]))

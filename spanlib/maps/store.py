@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from spanlib.core.checkpoint import write_atomic
-from spanlib.maps.heuristic import MAP_KINDS
+from spanlib.core.mapspec import MAP_KINDS
 
 __all__ = [
     "MANIFEST",
@@ -41,6 +41,7 @@ __all__ = [
     "KnowledgeMaps",
     "MapFileError",
     "content_hash",
+    "heuristic_knowledge_maps",
     "index_files",
     "load_knowledge_maps",
     "map_key",
@@ -48,6 +49,7 @@ __all__ = [
     "read_index",
     "read_manifest",
     "read_maps",
+    "resize_nearest",
     "save_maps",
 ]
 
@@ -63,6 +65,24 @@ class MapFileError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+def resize_nearest(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize ``[..., h, w]`` to ``[..., height, width]`` by nearest neighbour (pixel centres).
+
+    The one resampling of knowledge maps: the loader (what training sees),
+    their Dice (:mod:`spanlib.maps.quality`) and the builder all use it.
+    Output pixel ``i`` takes input pixel ``floor((i + 0.5) * h / height)``;
+    for a whole upsampling factor (64 -> 128 or 256, every preset) that is
+    ``floor(i * h / height)``, torch's ``nearest``; an unchanged size is the
+    array itself.
+    """
+    h, w = maps.shape[-2:]
+    if (h, w) == (height, width):
+        return maps
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(int), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(int), w - 1)
+    return maps[..., rows[:, None], cols[None, :]]
 
 
 def content_hash(*arrays: np.ndarray) -> str:
@@ -251,6 +271,27 @@ class KnowledgeMaps:
             raise KeyError(f"{self.root}: no knowledge maps for sample {sample_id!r} "
                            f"({len(self.index)} samples indexed; build them with `python -m spanlib templates build`)")
         return self._read(sample_id)
+
+    def maps_at(self, sample_id: str, height: int, width: int) -> np.ndarray:
+        """The maps of one image at the image's size (:func:`resize_nearest`): what training and Dice both use.
+
+        Returns:
+            float32 ``[n_organs, height, width]`` in [0, 1].
+        """
+        return np.ascontiguousarray(resize_nearest(self.maps_for(sample_id), height, width), dtype=np.float32)
+
+
+def heuristic_knowledge_maps(organs: tuple[str, ...], height: int, width: int) -> KnowledgeMaps:
+    """The triangular kind drawn in memory at ``height x width``, for a spec with no folder (a bare ``pretrain``).
+
+    The same maps the builder writes for images of that size; the book's runs
+    always read the built folder (:func:`spanlib.core.mapspec.maps_folder`).
+    """
+    from spanlib.maps.heuristic import heuristic_maps
+
+    template = heuristic_maps(height, width, organs).astype(np.float32)
+    return KnowledgeMaps(root=Path(), kind="triangular", organs=tuple(organs), size=max(height, width),
+                         manifest={"kind": "triangular", "organs": list(organs), "in_memory": True}, template=template)
 
 
 def load_knowledge_maps(out_dir: str | Path) -> KnowledgeMaps:

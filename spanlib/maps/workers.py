@@ -13,6 +13,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -137,3 +138,29 @@ def _run_task(task: list[tuple[int, str]]) -> list[dict[str, Any]]:
                 record.pop("rebuilt")
             records.append(record)
     return records
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ``None`` -> ``(0, 1)``.
+
+    Raises:
+        ValueError: malformed text.
+    """
+    if text is None:
+        return 0, 1
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as error:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from error
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return index, count
+
+
+def shard_ids(ids: Sequence[str], shard: tuple[int, int]) -> list[str]:
+    """Every n-th of the sorted ids, starting at i: shards partition the ids."""
+    index, count = shard
+    return sorted(ids)[index::count]

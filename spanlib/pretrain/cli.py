@@ -9,6 +9,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from spanlib.core.configs import REGIMENS, parse_override, preset_names, resolve
+from spanlib.core.mapspec import SPEC_KINDS, MapSpec, maps_folder
 from spanlib.pretrain.train import DivergenceError, pretrain
 
 
@@ -17,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regimen", default="span_deformable", choices=REGIMENS)
     parser.add_argument("--data", help="dataset folder (overrides run.data)")
     parser.add_argument("--reader", help="how to read --data: folder (default), images, chexpert... (run.reader)")
-    parser.add_argument("--maps", help="knowledge-map folder or 'triangular' (overrides span.knowledge_maps)")
+    parser.add_argument("--maps", help="a built knowledge-map folder, or a kind (triangular, global, deformable, "
+                                       "masks) whose folder the one rule places (default: the regimen's kind there)")
     parser.add_argument("--out", help="run directory (default runs/<preset>/<regimen>/seed<seed>)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.epochs=3")
@@ -31,11 +33,12 @@ def run(args: argparse.Namespace) -> int:
         overrides["run.data"] = args.data
     if args.reader:
         overrides["run.reader"] = args.reader
-    if args.maps:
-        overrides["span.knowledge_maps"] = args.maps
     if args.seed is not None:
         overrides["run.seed"] = args.seed
     cfg = resolve(args.preset, args.regimen, overrides)
+    spec = _map_spec(cfg.span.knowledge_maps, args.maps, args.preset, args.data)
+    if spec is not None:
+        cfg = cfg.replace(**{"span.knowledge_maps": spec})
     out = Path(args.out or f"runs/{args.preset}/{args.regimen}/seed{cfg.run.seed}")
     try:
         summary = pretrain(cfg, out, resume=args.resume, stop_after_steps=args.stop_after_steps)
@@ -48,3 +51,22 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{out}: {summary}")
     return 0
+
+
+def _map_spec(spec: MapSpec | None, maps: str | None, preset: str, data: str | None) -> MapSpec | None:
+    """The run's knowledge maps: ``--maps`` (a kind, or a folder of the regimen's kind), placed by the one rule.
+
+    A heuristic whose folder is not built is drawn in memory at each image's
+    size (the maps the builder would write for it).
+    """
+    if maps in SPEC_KINDS:
+        spec = MapSpec(maps)
+    elif maps:
+        spec = MapSpec.from_value(maps) if spec is None else spec.at(maps)
+    if spec is None or not spec.built:
+        return spec
+    folder = maps_folder(spec, preset, data=data)
+    if spec.location is None and spec.kind == "triangular" and not (folder / "manifest.json").is_file():
+        return spec
+    return spec.at(folder)
+

@@ -14,35 +14,42 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from spanlib.core.mapspec import ORACLE, MapSpec
+from spanlib.maps.store import KnowledgeMaps, heuristic_knowledge_maps, load_knowledge_maps
 from spanlib.pretrain.augment import ViewMaker
 
 MapSource = Callable[[object], np.ndarray]
 
 
-def knowledge_map_source(spec: str | None, organs: Sequence[str]) -> MapSource | None:
+def knowledge_map_source(spec: MapSpec | str | Path | None, organs: Sequence[str]) -> MapSource | None:
     """Where a sample's knowledge maps come from.
 
     Args:
-        spec: ``None`` (no maps), ``"triangular"`` (the spatial heuristic,
-            computed for the image size), ``"masks"`` (the sample's own
-            ground-truth masks: an oracle, for tests and upper bounds), or a
-            directory written by ``python -m spanlib templates build``.
+        spec: a :class:`~spanlib.core.mapspec.MapSpec` (a string or a folder
+            is read by :meth:`~spanlib.core.mapspec.MapSpec.from_value`), or
+            ``None`` (no maps). A built kind with a ``location`` is read from
+            that folder through :mod:`spanlib.maps.store`; ``masks`` gives the
+            sample's own ground-truth masks (an oracle, for tests and upper
+            bounds); ``triangular`` with no folder (a bare ``pretrain`` outside
+            the book) is drawn in memory by the same store at each image's size.
         organs: the map channels, in the order of the assigned heads.
 
     Returns:
-        A function ``sample -> float32 [len(organs), H, W]`` at the image's size.
+        A function ``sample -> float32 [len(organs), H, W]`` at the image's size
+        (:meth:`~spanlib.maps.store.KnowledgeMaps.maps_at`).
+
+    Raises:
+        FileNotFoundError: a folder that does not exist.
+        ValueError: a built kind other than triangular with no folder, or a
+            folder without maps for every organ.
     """
     organs = tuple(organs)
     if not organs or spec is None:
         return None
-    if spec == "triangular":
-        from spanlib.maps.heuristic import heuristic_maps
-
-        return lambda s: heuristic_maps(*s.image.shape[:2], organs).astype(np.float32)
-    if spec == "masks":
+    spec = MapSpec.from_value(spec)
+    if spec.kind == ORACLE:
 
         def from_masks(s) -> np.ndarray:
             missing = [o for o in organs if o not in s.masks]
@@ -51,21 +58,31 @@ def knowledge_map_source(spec: str | None, organs: Sequence[str]) -> MapSource |
             return np.stack([s.masks[o] for o in organs]).astype(np.float32)
 
         return from_masks
-    path = Path(spec)
+    if spec.location is None:
+        if spec.kind != "triangular":
+            raise ValueError(f"knowledge maps of kind {spec.kind!r} name no folder: resolve them with "
+                             "spanlib.core.mapspec.resolved (the book's runs do) or give knowledge_maps.location")
+        drawn: dict[tuple[int, int], KnowledgeMaps] = {}
+
+        def heuristic(s) -> np.ndarray:
+            height, width = s.image.shape[:2]
+            if (height, width) not in drawn:
+                drawn[height, width] = heuristic_knowledge_maps(organs, height, width)
+            return drawn[height, width].maps_at(s.id, height, width)
+
+        return heuristic
+    path = Path(spec.location)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: knowledge-map directory not found (build it with `python -m spanlib templates build`)")
-    from spanlib.maps.store import load_knowledge_maps
-
     store = load_knowledge_maps(path)
+    if store.kind != spec.kind:
+        raise ValueError(f"{path}: holds {store.kind} maps, the run asks for {spec.kind}")
     index = [store.organs.index(o) if o in store.organs else -1 for o in organs]
     if -1 in index:
         raise ValueError(f"{path}: maps for {list(store.organs)}, the run assigns heads to {list(organs)}")
 
     def from_store(s) -> np.ndarray:
-        maps = store.maps_for(s.id)[index].astype(np.float32)
-        if maps.shape[-2:] != s.image.shape[:2]:
-            maps = F.interpolate(torch.from_numpy(maps)[None], size=s.image.shape[:2], mode="nearest")[0].numpy()
-        return maps
+        return store.maps_at(s.id, *s.image.shape[:2])[index]
 
     return from_store
 
