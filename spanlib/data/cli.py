@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spanlib.data.presets import DATA_PRESETS
+from spanlib.core.configs import preset_names
 from spanlib.data.readers import READERS, UNCERTAIN_POLICIES
 
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``make`` and ``scan`` sub-commands to the ``data`` verb's parser."""
     actions = parser.add_subparsers(dest="action", required=True, metavar="{make,scan,import}")
     make = actions.add_parser("make", help="generate the embedded default data of a preset")
-    make.add_argument("--preset", choices=sorted(DATA_PRESETS), default="book", help="data sizes (default: book)")
+    make.add_argument("--preset", choices=preset_names(), default="book", help="data sizes (default: book)")
     make.add_argument("--out", type=Path, default=None, help="output folder (default: data/generated/<preset>)")
     make.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     make.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")

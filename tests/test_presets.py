@@ -1,0 +1,42 @@
+"""Presets in one place: each ``spanlib/presets/<name>.yaml`` holds the data sizes and the notebook parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spanlib.cli import main
+from spanlib.core.configs import notebook_parameters, preset_names, preset_section
+from spanlib.data import data_preset
+from spanlib.data.generate import KINDS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["smoke", "book", "paper"])
+def test_every_preset_has_data_sizes_and_notebook_parameters(name):
+    assert name in preset_names()
+    sizes = data_preset(name)
+    assert tuple(sizes) == KINDS and all(sum(entry["splits"].values()) > 0 for entry in sizes.values())
+    parameters = notebook_parameters(name)
+    assert parameters["preset"] == name and all(isinstance(v, (str, int, float, bool)) for v in parameters.values())
+
+
+def test_a_copy_each_time_and_a_clear_error():
+    data_preset("smoke")["chest"]["splits"]["train"] = 0
+    assert data_preset("smoke")["chest"]["splits"]["train"] > 0
+    with pytest.raises(ValueError, match="no 'nothing' section"):
+        preset_section("smoke", "nothing")
+
+
+def test_params_verb_prints_what_papermill_reads(capsys):
+    assert main(["params", "smoke"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == notebook_parameters("smoke") and printed["step_steps"] == 2
+
+
+def test_no_second_home_for_presets():
+    assert not (REPO / "notebooks" / "params").exists()
+    assert not (REPO / "spanlib" / "data" / "presets.py").exists()
