@@ -62,7 +62,7 @@ class SmokeNotebooks:
     """
 
     def __init__(self, folder: Path) -> None:
-        from spanlib.core.configs import notebook_parameters
+        from spanlib.core.presets import notebook_parameters
 
         self.folder = folder
         self.parameters = notebook_parameters("smoke")

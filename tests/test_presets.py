@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from spanlib.cli import main
-from spanlib.core.configs import notebook_parameters, preset_names, preset_section
+from spanlib.core.configs import preset_names
+from spanlib.core.presets import notebook_parameters, preset_section
 from spanlib.data import data_preset
 from spanlib.data.generate import KINDS
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from spanlib.book.sweep import parse_grid, sweep
-from spanlib.core.configs import notebook_parameters
+from spanlib.core.presets import notebook_parameters
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

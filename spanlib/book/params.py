@@ -14,7 +14,8 @@ import argparse
 
 import yaml
 
-from spanlib.core.configs import notebook_parameters, preset_names
+from spanlib.core.configs import preset_names
+from spanlib.core.presets import notebook_parameters
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -421,22 +421,6 @@ def load_preset(name: str) -> dict[str, Any]:
     return data
 
 
-def preset_section(name: str, section: str) -> Any:
-    """One top-level section of a preset file (``data``, ``notebook``, ...), read afresh on every call."""
-    data = load_preset(name)
-    if section not in data:
-        raise ValueError(f"preset file {name}.yaml has no {section!r} section")
-    return data[section]
-
-
-def notebook_parameters(name: str) -> dict[str, Any]:
-    """A preset's papermill parameters (its ``notebook`` section), ``preset`` always among them."""
-    section = preset_section(name, "notebook") or {}
-    if not isinstance(section, dict):
-        raise ValueError(f"preset file {name}.yaml: 'notebook' must be a mapping of parameter names to values")
-    return {"preset": name, **section}
-
-
 def resolve(preset: str, regimen: str, overrides: dict[str, Any] | None = None, dataset: str = "chest") -> Config:
     """The configuration of one run: preset base, regimen, dataset, then overrides.
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from spanlib.core.configs import preset_names, preset_section
+from spanlib.core.configs import preset_names
+from spanlib.core.presets import preset_section
 from spanlib.core.paths import folder_lock
 from spanlib.data.digits import (
     DIGIT_LABELS,

@@ -17,6 +17,7 @@ scores every regimen.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -150,19 +151,9 @@ def linear_probe(
         torch.set_num_threads(previous)
 
 
-def _linear_probe(
-    train_x: ArrayLike,
-    train_y: ArrayLike,
-    test_x: ArrayLike,
-    test_y: ArrayLike,
-    label_names: list[str],
-    epochs: int,
-    optimizer: str,
-    lr: float,
-    weight_decay: float,
-    batch_size: int,
-    seed: int,
-) -> dict[str, Any]:
+def _linear_probe(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, test_y: ArrayLike, label_names: list[str],
+                  epochs: int, optimizer: str, lr: float, weight_decay: float, batch_size: int, seed: int
+                  ) -> dict[str, Any]:
     """:func:`linear_probe` under the caller's thread setting."""
     x_train, y_train, x_test, y_test = _probe_inputs(train_x, train_y, test_x, test_y, label_names, epochs)
     known = torch.from_numpy(~np.isnan(y_train))
@@ -215,16 +206,8 @@ def _probe_inputs(
     return ((x_train - mean) / std).float(), y_train, ((x_test - mean) / std).float(), y_test
 
 
-def _fit_layer(
-    layer: torch.nn.Module,
-    loss_of: Any,
-    n: int,
-    epochs: int,
-    optimizer: str,
-    lr: float,
-    batch_size: int,
-    seed: int,
-) -> None:
+def _fit_layer(layer: torch.nn.Module, loss_of: Callable[[torch.Tensor | slice], torch.Tensor], n: int, epochs: int,
+               optimizer: str, lr: float, batch_size: int, seed: int) -> None:
     """Train ``layer`` on ``loss_of(rows)``: Adam over seeded mini-batches of the ``n`` rows, or full-batch L-BFGS."""
     if optimizer == "adam":
         opt = torch.optim.Adam(layer.parameters(), lr=lr)
