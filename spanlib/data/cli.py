@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from spanlib.core.configs import preset_names
+from spanlib.data.generate import make_default_data
+from spanlib.data.importer import import_dataset
 from spanlib.data.readers import READERS, UNCERTAIN_POLICIES
+from spanlib.data.scan import scan_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +74,6 @@ def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run ``data make`` or ``data scan``; returns the exit status."""
     if args.action == "make":
-        from spanlib.data.generate import make_default_data
-
         out = args.out if args.out is not None else Path("data") / "generated" / args.preset
         start = time.perf_counter()
         make_default_data(
@@ -89,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.action == "import":
-        from spanlib.data.importer import import_dataset
-
         options = _reader_options(args)
         size = options.pop("size", None)
         try:
@@ -102,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"data import: {error}")
             return 2
         return 0  # complete: failures are in the report, as the line above says
-
-    from spanlib.data.scan import scan_dataset
 
     try:
         count, problems = scan_dataset(args.reader, args.root, progress=not args.quiet, **_reader_options(args))
