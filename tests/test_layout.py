@@ -241,5 +241,17 @@ def test_the_cycle_checker_sees_a_cycle(tmp_path):
     assert import_cycles(import_graph(root)) == []
 
 
+def test_readings_live_in_the_book_room():
+    """The sentences a chapter prints are in spanlib.book.readings; figures/ draws figures and builds tables."""
+    stray = [
+        f"{module_name(p)}.{node.name}"
+        for p in MODULES
+        if room_of(module_name(p)) == "figures"
+        for node in ast.parse(p.read_text(encoding="utf-8")).body
+        if isinstance(node, ast.FunctionDef) and node.name.endswith(("_reading", "_verdict", "_lines", "_line"))
+    ]
+    assert not stray, f"readings outside spanlib/book/readings.py: {stray}"
+
+
 def test_no_catch_all_modules():
     assert not [p for p in MODULES if p.stem in ("utils", "helpers", "misc", "common")]
