@@ -38,6 +38,20 @@ def test_params_verb_prints_what_papermill_reads(capsys):
     assert printed == notebook_parameters("smoke") and printed["step_steps"] == 2
 
 
+def test_sweep_verb_passes_the_presets_notebook_parameters(monkeypatch, tmp_path):
+    import spanlib.book.cli as sweep_cli
+
+    seen = {}
+
+    def fake_sweep(notebook, grid, out, fixed=None, timeout=None, workers=1):
+        seen.update(fixed=fixed, grid=grid)
+        return [{"status": "ok"}]
+
+    monkeypatch.setattr(sweep_cli, "sweep", fake_sweep)
+    assert main(["sweep", "--notebook", "x.md", "--preset", "smoke", "--param", "seed=0,1", "--out", str(tmp_path)]) == 0
+    assert seen == {"fixed": notebook_parameters("smoke"), "grid": {"seed": [0, 1]}}
+
+
 def test_no_second_home_for_presets():
     assert not (REPO / "notebooks" / "params").exists()
     assert not (REPO / "spanlib" / "data" / "presets.py").exists()

@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from spanlib.book.sweep import parse_grid, sweep
+from spanlib.core.configs import preset_names
 from spanlib.core.presets import notebook_parameters
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notebook", default="notebooks/03_pretraining.md", help="a text (MyST) notebook")
-    parser.add_argument("--preset", default="book", help="its notebook parameters (`python -m spanlib params`) go to every run")
+    parser.add_argument("--preset", default="book", choices=preset_names(),
+                        help="its notebook parameters (`python -m spanlib params PRESET`) go to every run")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2", help="a grid axis")
     parser.add_argument("--out", help="where executed notebooks and the table go (default runs/<preset>/sweeps/<notebook>)")
     parser.add_argument("--timeout", type=int, help="seconds per cell")
