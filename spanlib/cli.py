@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("spanlib.model.cli", "a run's backbone as a plain timm state dict (safetensors) with its config"),
     "bench": ("spanlib.bench.cli", "measurements behind the book's performance page"),
     "sweep": ("spanlib.book.cli", "run a grid of notebooks through papermill"),
+    "params": ("spanlib.book.params", "a preset's papermill parameters as YAML (papermill -f)"),
 }
 
 

@@ -62,10 +62,10 @@ class SmokeNotebooks:
     """
 
     def __init__(self, folder: Path) -> None:
-        import yaml
+        from spanlib.core.presets import notebook_parameters
 
         self.folder = folder
-        self.parameters = yaml.safe_load((REPO / "notebooks" / "params" / "smoke.yaml").read_text())
+        self.parameters = notebook_parameters("smoke")
         self._done: dict[Path, Path | BaseException] = {}
 
     def executed(self, source: Path) -> Path:

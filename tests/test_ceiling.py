@@ -12,7 +12,7 @@ from spanlib.core.configs import resolve
 from spanlib.data import PartConfig, make_cast_part
 from spanlib.data.sample import Sample
 from spanlib.eval.ceiling import small_cnn, supervised_ceiling, train_supervised
-from spanlib.figures.inspection import ceiling_reading
+from spanlib.book.readings import ceiling_reading
 
 
 def _spots(n: int, seed: int) -> list[Sample]:

@@ -1,4 +1,5 @@
-"""Tables and readings of the BYOL (:mod:`spanlib.figures.probes`) and attention-shapes (:mod:`spanlib.figures.shapes`) chapters."""
+"""Tables (:mod:`spanlib.figures.probes`, :mod:`spanlib.figures.shapes`) and readings (:mod:`spanlib.book.readings`) of the
+BYOL and attention-shapes chapters."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from spanlib.book import readings
 from spanlib.figures import probes, shapes
 
 
@@ -39,10 +41,10 @@ def test_probe_tables_and_ablation_inputs():
 
 def test_compare_and_reading():
     table = probes.probe_table(PROBES)
-    assert probes.compare(table, "superpixels", "plain BYOL", "linear mAUC") == "level with"
-    assert probes.compare(table, "object, K = 4", "plain BYOL", "linear mAUC") == "2.0 points above"
-    assert probes.compare(table, "random init", "plain BYOL", "segmentation mIoU") == "10.0 points below"
-    text = probes.byol_reading(table, 4, [4, 16], 100, 2.0, {"plain BYOL": 1.5, "random init": 2.5, "superpixels": 0.5})
+    assert readings.points_apart(table, "superpixels", "plain BYOL", "linear mAUC") == "level with"
+    assert readings.points_apart(table, "object, K = 4", "plain BYOL", "linear mAUC") == "2.0 points above"
+    assert readings.points_apart(table, "random init", "plain BYOL", "segmentation mIoU") == "10.0 points below"
+    text = readings.byol_reading(table, 4, [4, 16], 100, 2.0, {"plain BYOL": 1.5, "random init": 2.5, "superpixels": 0.5})
     lines = text.split("\n")
     assert len(lines) == 4 and lines[0].startswith("- **Linear probe**: object-level BYOL with K = 4 scores 62.0 mAUC")
     assert "the best is object, K = 16 (64.0)" in lines[0] and "roughly 6 points" in lines[0]
@@ -62,12 +64,12 @@ VARIANTS = {"untrained": _variant("untrained", steps=0), "dino_same": _variant("
 
 def test_changes_read_the_direction():
     table = pd.DataFrame({"AP": [10.0, 12.0, 10.0]}, index=["untrained", "DINO, same", "NCE, same"])
-    assert shapes.change(table, VARIANTS, "untrained", "dino_same", "AP") == "DINO, same raises AP from 10.0 (untrained) to 12.0"
-    assert shapes.change(table, VARIANTS, "dino_same", "nce_same", "AP").startswith("NCE, same lowers AP")
-    assert " leaves " in shapes.change(table, VARIANTS, "untrained", "nce_same", "AP")
-    text = shapes.changes(table, VARIANTS, ["AP", "AP"], pairs=[("untrained", "dino_same")])
-    assert text.split("\n") == [shapes.change(table, VARIANTS, "untrained", "dino_same", "AP"), "",
-                                shapes.change(table, VARIANTS, "untrained", "dino_same", "AP"), ""]
+    assert readings.change(table, VARIANTS, "untrained", "dino_same", "AP") == "DINO, same raises AP from 10.0 (untrained) to 12.0"
+    assert readings.change(table, VARIANTS, "dino_same", "nce_same", "AP").startswith("NCE, same lowers AP")
+    assert " leaves " in readings.change(table, VARIANTS, "untrained", "nce_same", "AP")
+    text = readings.changes(table, VARIANTS, ["AP", "AP"], pairs=[("untrained", "dino_same")])
+    assert text.split("\n") == [readings.change(table, VARIANTS, "untrained", "dino_same", "AP"), "",
+                                readings.change(table, VARIANTS, "untrained", "dino_same", "AP"), ""]
 
 
 def test_loss_table_and_digit_mass():
@@ -77,7 +79,7 @@ def test_loss_table_and_digit_mass():
     assert table.loc["NCE, same", "chance level"] == math.log(15) and table.loc["DINO, same", "chance level"] == math.log(256)
     assert table.loc["NCE, same", "final loss"] == 2.0 and table.loc["NCE, same", "NCE positive top-1"] == 0.1
     assert math.isnan(table.loc["DINO, same", "final loss"])
-    lines = shapes.digit_mass_lines(VARIANTS, ["dino_same"], flat=1.5)
+    lines = readings.digit_mass_lines(VARIANTS, ["dino_same"], flat=1.5)
     assert lines == "DINO, same: 1.00 to 3.00 % on the digit across heads (a flat map: 1.50 %; the most, 2.0 times the flat share)"
 
 

@@ -1,4 +1,4 @@
-"""Tables and readings of :mod:`spanlib.figures.tables`, and the result figures of :mod:`spanlib.figures.results`."""
+"""Tables of :mod:`spanlib.figures.tables`, readings of :mod:`spanlib.book.readings`, and the result figures of :mod:`spanlib.figures.results`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
+from spanlib.book import readings
 from spanlib.figures import inspection, results, tables
 from spanlib.figures.style import BookFigure
 
@@ -56,9 +57,9 @@ def test_fewshot_table_check_and_verdict():
     assert table["labels"].tolist() == [4, 8, 4, 8] and table["draws"].tolist() == [3] * 4
     check = inspection.all_labels_check({"dino": {"mAUC": 58.0}, "span": {"mAUC": 70.0}}, table)
     assert check.loc["span", "AUC, 8 labels"] == 62.0
-    assert "only weakly" in inspection.fewshot_verdict(check, 64, 8, 5, 128)
-    assert "do carry the defects" in inspection.fewshot_verdict(check, 64, 8, 5, 128, target=65.0)
-    low = inspection.fewshot_verdict(check, 64, 8, 5, 128, chance_bound=75.0)
+    assert "only weakly" in readings.fewshot_verdict(check, 64, 8, 5, 128)
+    assert "do carry the defects" in readings.fewshot_verdict(check, 64, 8, 5, 128, target=65.0)
+    low = readings.fewshot_verdict(check, 64, 8, 5, 128, chance_bound=75.0)
     assert "close to chance" in low and "128-pixel parts at 64 pixels" in low and "70.0 AUC" in low
 
 
@@ -76,14 +77,14 @@ def _summary(n=1):
 
 def test_summary_tables_and_ranking():
     summary = _summary(2)
-    assert "means" in tables.summary_header(summary, 2)
-    assert tables.summary_header(_summary(), 1).endswith("the text below claims no ordering.")
+    assert "means" in readings.summary_header(summary, 2)
+    assert readings.summary_header(_summary(), 1).endswith("the text below claims no ordering.")
     rows = tables.summary_attention_rows(summary, {**PAPER, "lung": PAPER["lung"]}, ROWS)
     assert rows.loc[(rows.regimen == "dino") & (rows.organ == "lung"), "this book"].iloc[0] == 30.0
     table = tables.summary_attention_table(rows, ["span_deformable", "dino", "dino_cxr"])
     assert list(table.index) == ["span_deformable", "dino", "dino_cxr"]
     assert tables.mean_attention_map(summary) == {"dino": 20.0, "dino_cxr": 15.0, "span_deformable": 55.0}
-    text = tables.attention_ranking(summary, PAPER)
+    text = readings.attention_ranking(summary, PAPER)
     assert "`span_deformable`, is +35.0 mAP from the best DINO baseline (`dino`)" in text
     assert "reports +60.0" in text and text.index("`span_deformable`: mean") < text.index("`dino`: mean")
     linear = tables.summary_linear_table(summary, {"SPAN deformable": 86.5}, ROWS)
@@ -102,15 +103,15 @@ def test_health_table_and_reading():
     health = tables.health_table({"a": _run(), "b": _run(loss=6.5, steps=20), "untrained": _run(train=False)})
     assert list(health.index) == ["a", "b"] and math.isnan(health.loc["a", "inside share"])
     assert health.loc["a", "log K"] == pytest.approx(math.log(1024))
-    assert tables.self_distillation_has_begun_only(health)
-    text = tables.self_distillation_reading(health, "vit_small", 224, 100)
+    assert readings.self_distillation_has_begun_only(health)
+    text = readings.self_distillation_reading(health, "vit_small", 224, 100)
     assert text.startswith("After 20 steps at most") and "only begun" in text and "(vit_small, 224 pixels" in text
     far = tables.health_table({"a": _run(loss=2.0)})
-    assert "clear progress" in tables.self_distillation_reading(far, "vit_small", 224, 100)
+    assert "clear progress" in readings.self_distillation_reading(far, "vit_small", 224, 100)
     # some runs learned, some did not: the reading names the ones that did not, never "every run"
     mixed = tables.health_table({"dino (chest, seed 0)": _run(loss=2.0), "dino (parts, seed 0)": _run(loss=6.0),
                                  "dino (parts, seed 1)": _run(loss=5.6), "span (chest, seed 0)": _run(loss=5.2)})
-    text = tables.self_distillation_reading(mixed, "vit_small", 224, 100)
+    text = readings.self_distillation_reading(mixed, "vit_small", 224, 100)
     assert "every run" not in text and "2 of 4 runs end at least 1.5 nats below log K" in text
     assert "dino (parts) (2 runs)" in text and "span (chest)" not in text
 
@@ -140,11 +141,11 @@ def test_result_figures_are_book_figures_and_leave_rcparams():
 
 
 def test_ordering_lines_claim_an_order_only_where_intervals_separate():
-    several = tables.ordering_lines(_summary(2))
+    several = readings.ordering_lines(_summary(2))
     assert several.count("\n") == 2  # heart, lung, linear
     assert "heart attention mAP: `span_deformable` is above `dino_cxr` by 35.0, and the 95% intervals separate" in several
     assert "linear mAUC" in several
-    one = tables.ordering_lines(_summary(1))
+    one = readings.ordering_lines(_summary(1))
     assert one.count("no ordering is claimed") == 3
 
 
@@ -164,7 +165,7 @@ def test_map_quality_sets_dice_beside_attention_and_reads_only_separated_interva
     assert list(table.index) == ["triangular", "global", "deformable"]
     assert table.loc["deformable", "Dice mean"] == 87.5 and table.loc["triangular", "Dice heart"] == 55.0
     assert table.loc["deformable", "attention mAP heart"].startswith("60.0 [")
-    text = tables.map_quality_reading(summary)
+    text = readings.map_quality_reading(summary)
     assert "`deformable` (87.5) > `global` (66.0) > `triangular` (57.5)" in text
     assert "heart attention mAP: `span_deformable` is above `span_triangular` by 20.0, and the 95% intervals separate" in text
     assert "lung attention mAP: `span_deformable` 1.0 above `span_triangular`, but the 95% intervals overlap" in text
@@ -182,7 +183,7 @@ def test_map_quality_sets_dice_beside_attention_and_reads_only_separated_interva
 def test_start_reading_reads_the_knn_gap_against_its_sampling_error(below, start, untrained, says):
     report = {"loss_below_log_k": below, "steps": 93, "knn_test": 200, "knn_accuracy": start,
               "knn_accuracy_random": untrained, "knn_chance": 10.0}
-    text = tables.start_reading(report)
+    text = readings.start_reading(report)
     assert says in text and f"{start:.1f}% against {untrained:.1f}%" in text and "200 held-out images" in text
     assert ("past the 1.5 nats" in text) == (below >= 1.5) and ("short of the 1.5 nats" in text) == (below < 1.5)
     # the standard error of a difference of two shares of 200 images: 8.5% and 11.0% give 3.0 points

@@ -31,6 +31,7 @@ RANK = {
     "presets": 0,
 }
 MAX_LINES = 500
+MAX_FUNCTION_LINES = 80
 
 
 def room_of(dotted: str) -> str:
@@ -118,6 +119,138 @@ def test_the_rule_checker_sees_a_violation(tmp_path):
 def test_modules_stay_small(path: Path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE.parent)} has {lines} lines (at most {MAX_LINES}: split it by job)"
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``name (N lines)`` for every function or method of a file longer than ``limit``, from ``def`` to its last line."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [
+        f"{node.name} (line {node.lineno}, {node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit
+    ]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_functions_stay_short(path: Path):
+    long = long_functions(path)
+    assert not long, f"{path.relative_to(PACKAGE.parent)}: {'; '.join(long)} (at most {MAX_FUNCTION_LINES} lines: split by job)"
+
+
+def test_the_length_checker_sees_a_long_function(tmp_path):
+    fake = tmp_path / "x.py"
+    body = "".join(f"        a{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    fake.write_text(f"def short():\n    pass\n\n\nclass C:\n    def long(self):\n{body}")
+    assert long_functions(fake) == [f"long (line 6, {MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, at any depth (function-local imports included).
+
+    ``from a.b import c`` is an edge to ``a.b.c`` where that is a module of the package, else to
+    ``a.b`` (a name defined in ``a/b.py`` or ``a/b/__init__.py``); relative imports are resolved.
+    """
+    files = {module_name(p, package): p for p in sorted(package.rglob("*.py"))}
+    graph = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        edges = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in files}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in files:
+                        edges.add(f"{base}.{alias.name}")
+                    elif base in files:
+                        edges.add(base)
+        edges.discard(name)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One shortest cycle ``[a, b, ..., a]`` for each strongly connected group of modules (Tarjan, then BFS)."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = set()
+            while not group or member != node:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.add(member)
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    cycles = []
+    for group in groups:
+        start = min(group)
+        came_from, frontier = {start: None}, [start]
+        while not any(start in graph[node] for node in frontier):
+            reached = []
+            for node in frontier:
+                for other in sorted(graph[node] & group):
+                    if other not in came_from:
+                        came_from[other] = node
+                        reached.append(other)
+            frontier = reached
+        path = [next(node for node in frontier if start in graph[node])]
+        while came_from[path[-1]] is not None:
+            path.append(came_from[path[-1]])
+        cycles.append([*reversed(path), start])
+    return sorted(cycles)
+
+
+def test_no_import_cycles_between_files():
+    cycles = import_cycles(import_graph())
+    assert not cycles, "files that import each other (in a circle): " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_checker_sees_a_cycle(tmp_path):
+    """A circle through a lazy import, a relative import and ``from package import submodule`` is found and named."""
+    root = tmp_path / "fake"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "sub" / "__init__.py").write_text("from fake.sub.b import thing\n")
+    (root / "a.py").write_text("def f():\n    from fake.sub import b\n")
+    (root / "sub" / "b.py").write_text("from ..c import g\nthing = 1\n")
+    (root / "c.py").write_text("import fake.a\n\ndef g():\n    pass\n")
+    (root / "d.py").write_text("from fake.sub import thing\n")  # an edge into the package, in no circle
+    graph = import_graph(root)
+    assert graph["fake.a"] == {"fake.sub.b"} and graph["fake.d"] == {"fake.sub"}
+    assert import_cycles(graph) == [["fake.a", "fake.sub.b", "fake.c", "fake.a"]]
+    (root / "c.py").write_text("def g():\n    pass\n")
+    assert import_cycles(import_graph(root)) == []
+
+
+def test_readings_live_in_the_book_room():
+    """The sentences a chapter prints are in spanlib.book.readings; figures/ draws figures and builds tables."""
+    stray = [
+        f"{module_name(p)}.{node.name}"
+        for p in MODULES
+        if room_of(module_name(p)) == "figures"
+        for node in ast.parse(p.read_text(encoding="utf-8")).body
+        if isinstance(node, ast.FunctionDef) and node.name.endswith(("_reading", "_verdict", "_lines", "_line"))
+    ]
+    assert not stray, f"readings outside spanlib/book/readings.py: {stray}"
 
 
 def test_no_catch_all_modules():

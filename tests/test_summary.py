@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from spanlib.book import readings
 from spanlib.book.runs import runs_dir
 from spanlib.book.summary import FEWSHOT_KEPT, build_ablations, build_summary, trained_runs
 from spanlib.core.configs import REGIMENS
@@ -41,7 +42,7 @@ def test_summary_keeps_its_schema_with_intervals_over_seeds(summary):
     assert start["steps"] > 0 and start["log_k"] > 0
     assert start["loss_below_log_k"] == pytest.approx(start["log_k"] - start["dino_loss"])
     assert 0 <= start["knn_accuracy"] <= 100 and start["knn_chance"] == pytest.approx(10.0)
-    assert start["knn_test"] > 0 and "held-out images" in tables.start_reading(start)
+    assert start["knn_test"] > 0 and "held-out images" in readings.start_reading(start)
     dice = summary["knowledge_map_dice"]
     assert set(dice) == {"triangular", "global", "deformable"}
     assert all(set(d) == {"left_lung", "right_lung", "heart"} and all(0 <= v <= 100 for v in d.values())
@@ -96,7 +97,7 @@ def test_ablations_choose_lambda_on_validation_and_cover_every_term_setting():
     names = {p.name for p in (runs_dir("smoke") / "span_triangular").iterdir()}
     assert {"seed0-epochs1-inclusion-raw-from-start", "seed0-lambda0.05-epochs1-from-start"} <= names
     assert len(tables.lambda_table(result)) == 4 and len(tables.terms_table(result)) == 6
-    reading = tables.ablation_reading(result)
+    reading = readings.ablation_reading(result)
     assert f"lambda = {result['lambda_chosen']:g}" in reading
 
 

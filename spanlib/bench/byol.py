@@ -26,11 +26,10 @@ from spanlib.byol.masks import carry_masks, one_hot, slic_priors
 from spanlib.byol.model import update_target
 from spanlib.byol.train import build_networks, byol_step, object_masks
 from spanlib.byol.views import ByolViews
+from spanlib.data import ChestConfig, make_chest_phantom
 
 
 def _phantoms(n: int, size: int) -> np.ndarray:
-    from spanlib.data import ChestConfig, make_chest_phantom
-
     config = ChestConfig(image_size=size)
     return np.stack([make_chest_phantom(i, 0, config).image for i in range(n)])[:, None].astype(np.float32)
 

@@ -17,19 +17,27 @@ import json
 import multiprocessing
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from spanlib.core.configs import ViewConfig
+from spanlib.data.folder import FolderDataset, write_folder_dataset
+from spanlib.data.phantoms import ChestConfig, make_chest_phantom
+from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS
+from spanlib.pretrain.augment import ViewMaker
+from spanlib.pretrain.loader import EpochBatchSampler, ViewDataset, collate
 
 DEFAULT_SIZES = (1000, 5000, 20000)
 
 
 def write_films(root: Path, films: int, distinct: int = 256, size: int = 128, seed: int = 0) -> Path:
     """A folder-format chest set of ``films`` films (``distinct`` phantoms, repeated under new ids)."""
-    from spanlib.data.folder import write_folder_dataset
-    from spanlib.data.phantoms import ChestConfig, make_chest_phantom
-    from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS
-
     if (root / "meta.json").is_file() and json.loads((root / "meta.json").read_text()).get("counts", {}).get("train") == films:
         return root
     base = [make_chest_phantom(i, seed, ChestConfig(image_size=size)) for i in range(min(distinct, films))]
@@ -42,16 +50,6 @@ def write_films(root: Path, films: int, distinct: int = 256, size: int = 128, se
 
 def _measure(root: str, films: int, batches: int, batch_size: int, img_size: int, in_memory: bool | None,
              workers: int, queue: Any) -> None:
-    import numpy as np
-    import torch
-    from torch.utils.data import DataLoader
-
-    from spanlib.core.configs import ViewConfig
-    from spanlib.data.folder import FolderDataset
-    from spanlib.data.sample import CHEST_ORGANS
-    from spanlib.pretrain.augment import ViewMaker
-    from spanlib.pretrain.loader import EpochBatchSampler, ViewDataset, collate
-
     torch.set_num_threads(1)
     dataset = FolderDataset(root)
     dataset.records = dataset.records[:films]
@@ -82,8 +80,6 @@ def _measure(root: str, films: int, batches: int, batch_size: int, img_size: int
 def measure(films: tuple[int, ...] = DEFAULT_SIZES, batches: int = 20, batch_size: int = 32, img_size: int = 96,
         workers: int = 0, root: Path | None = None, in_memory_at: int | None = None) -> dict[str, Any]:
     """Measure the loader at each set size (each in a fresh process); returns the rows and the RSS growth."""
-    import tempfile
-
     root = Path(root or Path(tempfile.gettempdir()) / f"spanlib-bench-loader-{max(films)}")
     start = time.perf_counter()
     write_films(root, max(films))

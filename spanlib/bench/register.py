@@ -40,17 +40,26 @@ from datetime import date
 from typing import Any
 
 import numpy as np
+import torch
 
-from spanlib.maps.registration import RegistrationConfig, RegistrationResult
-from spanlib.maps.registration_sitk import SitkConfig
+from spanlib.data import ChestConfig, make_chest_phantom
+from spanlib.maps.heuristic import triangular_maps
+from spanlib.maps.quality import dice, resize_nearest
+from spanlib.maps.registration import (
+    RegistrationConfig,
+    RegistrationResult,
+    register_batch,
+    select_exemplar,
+    single_thread,
+)
+from spanlib.maps.registration_sitk import SitkConfig, register_pair_sitk
+from spanlib.maps.segmentation import SegConfig, predict_probabilities, train_segmenter
 
 ORGANS: tuple[str, ...] = ("left_lung", "right_lung", "heart")
 
 
 def phantoms(indices: Sequence[int], seed: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Images and ``[3, H, W]`` ground-truth mask stacks of chest phantoms."""
-    from spanlib.data import ChestConfig, make_chest_phantom
-
     config = ChestConfig(image_size=size)
     samples = [make_chest_phantom(i, seed, config) for i in indices]
     return [s.image for s in samples], [np.stack([s.masks[o] for o in ORGANS]) for s in samples]
@@ -58,8 +67,6 @@ def phantoms(indices: Sequence[int], seed: int, size: int) -> tuple[list[np.ndar
 
 def dice_per_organ(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, list[float]]:
     """Dice of each organ map (resized to its ground truth by nearest neighbour), per image."""
-    from spanlib.maps.quality import dice, resize_nearest
-
     out: dict[str, list[float]] = {o: [] for o in ORGANS}
     for stack, truth in zip(maps, truths):
         stack = resize_nearest(np.asarray(stack) >= 0.5, *truth.shape[-2:])
@@ -82,8 +89,7 @@ _STATE: dict[str, Any] = {}
 
 
 def _init(exemplar: np.ndarray, masks: np.ndarray, fallback: np.ndarray) -> None:
-    import SimpleITK as sitk
-    import torch
+    import SimpleITK as sitk  # imported where used, as spanlib.maps.registration_sitk does: a heavy import
 
     torch.set_num_threads(1)
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
@@ -91,8 +97,6 @@ def _init(exemplar: np.ndarray, masks: np.ndarray, fallback: np.ndarray) -> None
 
 
 def _torch_task(args: tuple[list[np.ndarray], RegistrationConfig]) -> tuple[list[RegistrationResult], float]:
-    from spanlib.maps.registration import register_batch
-
     images, config = args
     start = time.process_time()
     results = register_batch(images, _STATE["exemplar"], _STATE["masks"], _STATE["fallback"], config)
@@ -100,8 +104,6 @@ def _torch_task(args: tuple[list[np.ndarray], RegistrationConfig]) -> tuple[list
 
 
 def _sitk_task(args: tuple[list[np.ndarray], SitkConfig]) -> tuple[list[RegistrationResult], float]:
-    from spanlib.maps.registration_sitk import register_pair_sitk
-
     images, config = args
     start = time.process_time()
     results = [register_pair_sitk(im, _STATE["exemplar"], _STATE["masks"], _STATE["fallback"], config) for im in images]
@@ -206,32 +208,52 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown variants: {', '.join(sorted(unknown))}")
 
-    from spanlib.maps.registration import select_exemplar
-    from spanlib.maps.heuristic import triangular_maps
-
     def log(text: str) -> None:
         if not args.json:
             print(text, flush=True)
 
     n_ref_total = args.ref_n * args.rounds
     images, truths = phantoms(range(max(args.n, n_ref_total)), args.seed, args.image_size)
-    fast_images, fast_truths = images[: args.n], truths[: args.n]
-    fast_config = RegistrationConfig()
+    fast_config, ref_config = RegistrationConfig(), SitkConfig()
+    low_config = SitkConfig(size=64, shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0))
+    exemplar = _exemplar(args, images[: args.n], fast_config, log)
+    runs = _rounds(args, variants, images, exemplar["init"], fast_config, ref_config, low_config, log)
+    report = _summary(args, runs, truths, exemplar["meta"])
+    report["config"] = {"fast": fast_config.to_dict(), "reference": ref_config.to_dict(),
+                        **({"sitk64": low_config.to_dict()} if "sitk64" in variants else {})}
+    if "sitk64" in variants:
+        report["sitk64_dice_mean"] = _overall(dice_per_organ([r.maps for r in runs["sitk64"].results],
+                                                             truths[:n_ref_total]))
+    if not args.no_global:
+        report["global_dice"], report["global_info"] = _global_dice(args, images[: args.n], truths[: args.n])
+    return report
+
+
+def _exemplar(args: argparse.Namespace, fast_images: Sequence[np.ndarray], config: RegistrationConfig,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """The exemplar chosen as the CLI does, over ``--candidates`` annotated phantoms: the workers' ``init``, and what
+    the report says of it."""
     cand_images, cand_masks = phantoms(range(10_000, 10_000 + args.candidates), args.seed, args.image_size)
     start = time.perf_counter()
-    best, scores = select_exemplar(list(zip(cand_images, cand_masks)), fast_images[:16], fast_config) \
+    best, scores = select_exemplar(list(zip(cand_images, cand_masks)), fast_images[:16], config) \
         if args.candidates > 1 else (0, [math.nan])
     selection_s = time.perf_counter() - start
-    exemplar, masks = cand_images[best], cand_masks[best]
     log(f"exemplar: phantom {10_000 + best} of {args.candidates} candidates ({selection_s:.1f} s)")
     fallback = triangular_maps(args.map_size, args.map_size)
-    ref_config = SitkConfig()
-    low_config = SitkConfig(size=64, shrink_factors=(2, 1), smoothing_sigmas=(1.0, 0.0))
+    return {"init": (cand_images[best], cand_masks[best], fallback),
+            "meta": {"phantom": 10_000 + best, "candidates": args.candidates, "selection_s": round(selection_s, 2),
+                     "scores": [round(x, 4) for x in scores]}}
+
+
+def _rounds(args: argparse.Namespace, variants: set[str], images: Sequence[np.ndarray], init: tuple,
+            fast_config: RegistrationConfig, ref_config: SitkConfig, low_config: SitkConfig,
+            log: Callable[[str], None]) -> dict[str, _Variant]:
+    """Every variant timed in turn for ``--rounds`` rounds, on workers started and warmed up beforehand."""
+    fast_images = images[: args.n]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["spanlib.maps.registration"])
     runs = {name: _Variant() for name in ("fast", "reference", *sorted(variants))}
     per_image = max(1, min(args.chunk, -(-args.n // args.workers)))
-    init = (exemplar, masks, fallback)
     with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init, initargs=init) as pool, \
             ProcessPoolExecutor(1, mp_context=context, initializer=_init, initargs=init) as single:
         warm = [(fast_images[:2], replace(fast_config, bspline_levels=((32, 4, 2),), affine_levels=((32, 2),)))]
@@ -249,22 +271,27 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
             if "sitk64" in variants:
                 log(f"round {round_}: SimpleITK 64 px " + runs["sitk64"].add(
                     *_timed(pool, _sitk_task, ref_slice, low_config, 1), keep=True))
+    return runs
 
-    ref_truths = truths[:n_ref_total]
+
+def _summary(args: argparse.Namespace, runs: dict[str, _Variant], truths: Sequence[np.ndarray],
+             exemplar: dict[str, Any]) -> dict[str, Any]:
+    """Speeds and Dice of the fast and reference registrations and of the triangular heuristic."""
+    n_ref_total = args.ref_n * args.rounds
+    fast_truths, ref_truths = truths[: args.n], truths[:n_ref_total]
     fast_scores = dice_per_organ([r.maps for r in runs["fast"].results], fast_truths)
     fast_on_ref = dice_per_organ([r.maps for r in runs["fast"].results[:n_ref_total]], ref_truths) \
         if args.n >= n_ref_total else None
     ref_scores = dice_per_organ([r.maps for r in runs["reference"].results], ref_truths)
     tri_scores = dice_per_organ([triangular_maps(args.map_size, args.map_size)] * args.n, fast_truths)
     fast, ref = runs["fast"].summary(), runs["reference"].summary()
-    report: dict[str, Any] = {
+    return {
         "date": date.today().isoformat(),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "load_average_1min": round(os.getloadavg()[0], 2)},
         "workers": args.workers, "threads_per_worker": 1, "rounds": args.rounds,
         "n": args.n, "reference_n": n_ref_total, "image_size": args.image_size, "map_size": args.map_size,
-        "exemplar": {"phantom": 10_000 + best, "candidates": args.candidates, "selection_s": round(selection_s, 2),
-                     "scores": [round(x, 4) for x in scores]},
+        "exemplar": exemplar,
         "maps_per_s": fast["maps_per_s"],
         "dice_mean": _overall(fast_scores),
         "dice_per_organ": _means(fast_scores),
@@ -284,14 +311,7 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         "variants": {name: run.summary() for name, run in runs.items()},
         "triangular_dice": _means(tri_scores),
         "deformable_dice": _means(fast_scores),
-        "config": {"fast": fast_config.to_dict(), "reference": ref_config.to_dict(),
-                   **({"sitk64": low_config.to_dict()} if "sitk64" in variants else {})},
     }
-    if "sitk64" in variants:
-        report["sitk64_dice_mean"] = _overall(dice_per_organ([r.maps for r in runs["sitk64"].results], ref_truths))
-    if not args.no_global:
-        report["global_dice"], report["global_info"] = _global_dice(args, fast_images, fast_truths)
-    return report
 
 
 def _count_methods(results: Sequence[RegistrationResult]) -> dict[str, int]:
@@ -304,12 +324,6 @@ def _count_methods(results: Sequence[RegistrationResult]) -> dict[str, int]:
 def _global_dice(args: argparse.Namespace, images: Sequence[np.ndarray], truths: Sequence[np.ndarray]
                  ) -> tuple[dict[str, float], dict[str, Any]]:
     """Train the segmenter on separate phantoms, average over ``images``, score the average."""
-    import torch
-
-    from spanlib.maps.registration import single_thread
-    from spanlib.maps.segmentation import SegConfig, predict_probabilities, train_segmenter
-    from spanlib.maps.quality import resize_nearest
-
     config = SegConfig()
     train_images, train_masks = phantoms(range(20_000, 20_000 + config.n_train), args.seed, args.image_size)
     start = time.perf_counter()

@@ -14,12 +14,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import jupytext
+import nbformat
+import pandas as pd
+import papermill
 import yaml
 
 
@@ -66,10 +71,6 @@ def _fingerprint(source: str, params: dict[str, Any]) -> str:
 
 def run_one(notebook: Path, params: dict[str, Any], out_dir: Path, name: str, timeout: int | None = None) -> dict[str, Any]:
     """Execute one combination; never raises for a failing cell."""
-    import jupytext
-    import nbformat
-    import papermill
-
     source = notebook.read_text()
     results = out_dir / f"{name}.json"
     executed = out_dir / f"{name}.ipynb"
@@ -135,8 +136,6 @@ def sweep(
         ``cached`` or ``failed`` with ``error``), seconds, and whatever the
         notebook recorded with :func:`spanlib.book.runs.record`.
     """
-    import pandas as pd
-
     notebook, out = Path(notebook).resolve(), Path(out)
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: notebook not found")
@@ -149,8 +148,6 @@ def sweep(
         # Each combination's kernel is its own process; split the cores between them (a kernel
         # inherits OMP_NUM_THREADS), since two-thread processes sharing cores slow each other down.
         # Worker processes, not threads: papermill's kernel client is not made for threads.
-        import multiprocessing
-
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         previous = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = previous or threads
@@ -167,7 +164,7 @@ def sweep(
 
 
 def _has_tabulate() -> bool:
-    try:
+    try:  # optional: pandas writes Markdown tables through it
         import tabulate  # noqa: F401
     except ImportError:
         return False

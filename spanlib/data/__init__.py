@@ -16,10 +16,9 @@ Everything yields :class:`Sample` (image, named masks, named labels, split).
 from spanlib.data.base import Record, RecordDataset
 from spanlib.data.digits import DIGIT_LABELS, DigitsConfig, load_digit_source, make_cluttered_digit
 from spanlib.data.folder import FolderDataset, write_folder_dataset
-from spanlib.data.generate import generate_dataset, make_default_data
+from spanlib.data.generate import data_preset, generate_dataset, make_default_data
 from spanlib.data.parts import PART_LABELS, PART_MASKS, PartConfig, make_cast_part
 from spanlib.data.phantoms import ChestConfig, FindingModel, make_chest_phantom
-from spanlib.data.presets import DATA_PRESETS, data_preset
 from spanlib.data.readers import (
     READERS,
     CastingDataset,
@@ -35,7 +34,6 @@ from spanlib.data.scan import scan, scan_dataset
 __all__ = [
     "CHEST_LABELS",
     "CHEST_ORGANS",
-    "DATA_PRESETS",
     "DIGIT_LABELS",
     "PART_LABELS",
     "PART_MASKS",

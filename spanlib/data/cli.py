@@ -21,15 +21,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spanlib.data.presets import DATA_PRESETS
+from spanlib.core.configs import preset_names
+from spanlib.data.generate import make_default_data
+from spanlib.data.importer import import_dataset
 from spanlib.data.readers import READERS, UNCERTAIN_POLICIES
+from spanlib.data.scan import scan_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``make`` and ``scan`` sub-commands to the ``data`` verb's parser."""
     actions = parser.add_subparsers(dest="action", required=True, metavar="{make,scan,import}")
     make = actions.add_parser("make", help="generate the embedded default data of a preset")
-    make.add_argument("--preset", choices=sorted(DATA_PRESETS), default="book", help="data sizes (default: book)")
+    make.add_argument("--preset", choices=preset_names(), default="book", help="data sizes (default: book)")
     make.add_argument("--out", type=Path, default=None, help="output folder (default: data/generated/<preset>)")
     make.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     make.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
@@ -71,8 +74,6 @@ def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run ``data make`` or ``data scan``; returns the exit status."""
     if args.action == "make":
-        from spanlib.data.generate import make_default_data
-
         out = args.out if args.out is not None else Path("data") / "generated" / args.preset
         start = time.perf_counter()
         make_default_data(
@@ -89,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.action == "import":
-        from spanlib.data.importer import import_dataset
-
         options = _reader_options(args)
         size = options.pop("size", None)
         try:
@@ -102,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"data import: {error}")
             return 2
         return 0  # complete: failures are in the report, as the line above says
-
-    from spanlib.data.scan import scan_dataset
 
     try:
         count, problems = scan_dataset(args.reader, args.root, progress=not args.quiet, **_reader_options(args))

@@ -24,6 +24,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from spanlib.core.configs import preset_names
+from spanlib.core.presets import preset_section
 from spanlib.core.paths import folder_lock
 from spanlib.data.digits import (
     DIGIT_LABELS,
@@ -37,8 +39,10 @@ from spanlib.data.digits import (
 from spanlib.data.folder import sample_row, write_index, write_sample_files
 from spanlib.data.parts import PART_LABELS, PART_MASKS, PartConfig, make_cast_part
 from spanlib.data.phantoms import ChestConfig, make_chest_phantom
-from spanlib.data.presets import KINDS, data_preset
 from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS, SPLITS, DataError, Sample
+
+KINDS: tuple[str, ...] = ("chest", "parts", "digits")
+"""The generated datasets of a preset, in the order they are made."""
 
 GENERATOR_VERSION = 3
 """Bump when a generator changes its output, so cached data is regenerated."""
@@ -188,9 +192,28 @@ def generate_dataset(
     root = Path(root)
     if kind == "digits" and source is None:
         source = load_digit_source()
-    masks, labels = _Job(kind, config, seed, root, ()).names
+    meta = _meta(kind, splits, config, seed, preset, source)
+    # one process makes a dataset at a time: a sweep's workers that find it changed wait for one regeneration
+    with folder_lock(root):
+        if _is_current(root, meta) and not overwrite:
+            return root
+        if root.exists():
+            if not _is_generated(root):
+                raise DataError(root, "exists and does not hold spanlib-generated data; refusing to overwrite it")
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        ordered = tuple((split, int(splits[split])) for split in SPLITS if splits.get(split, 0) > 0)
+        job = _Job(kind, config, seed, root, ordered, source)
+        return write_index(root, _make_rows(job, preset, workers, progress), meta)
+
+
+def _meta(
+    kind: str, splits: dict[str, int], config: Any, seed: int, preset: str, source: DigitSource | None
+) -> dict[str, Any]:
+    """What ``meta.json`` records of a generated dataset (a finished one with the same record is reused)."""
+    masks, labels = _Job(kind, config, seed, Path(), ()).names
     generator = {"chest": "phantoms", "parts": "parts", "digits": "digits"}[kind]
-    meta: dict[str, Any] = {
+    return {
         "kind": kind,
         "synthetic": True,
         "generator": f"spanlib.data.{generator}",
@@ -204,39 +227,54 @@ def generate_dataset(
         "mask_names": list(masks),
         "label_names": list(labels),
     }
-    # one process makes a dataset at a time: a sweep's workers that find it changed wait for one regeneration
-    with folder_lock(root):
-        if (root / "meta.json").is_file() and not overwrite:
-            try:
-                old = json.loads((root / "meta.json").read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                old = {}
-            if isinstance(old, dict) and all(old.get(key) == value for key, value in _jsonable(meta).items()):
-                return root
-        if root.exists():
-            if not _is_generated(root):
-                raise DataError(root, "exists and does not hold spanlib-generated data; refusing to overwrite it")
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
-        ordered = tuple((split, int(splits[split])) for split in SPLITS if splits.get(split, 0) > 0)
-        total = sum(count for _, count in ordered)
-        job = _Job(kind, config, seed, root, ordered, source)
-        workers = workers or min(os.cpu_count() or 1, max(1, math.ceil(total * _COST[kind] / 200)))
-        chunks = list(_chunks(total, 25))
-        rows: list[list[str]] = []
-        with tqdm(total=total, desc=f"{preset}/{kind}", unit="img", disable=not progress) as bar:
-            if workers <= 1:
-                for bounds in chunks:
-                    rows += job.run(*bounds)
+
+
+def _is_current(root: Path, meta: dict[str, Any]) -> bool:
+    """``root`` holds a finished dataset whose ``meta.json`` matches ``meta``."""
+    if not (root / "meta.json").is_file():
+        return False
+    try:
+        old = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        old = {}
+    return isinstance(old, dict) and all(old.get(key) == value for key, value in _jsonable(meta).items())
+
+
+def _make_rows(job: _Job, preset: str, workers: int | None, progress: bool) -> list[list[str]]:
+    """Every sample of ``job`` written, in chunks of 25, in order; one process or a spawned pool."""
+    total = sum(count for _, count in job.splits)
+    workers = workers or min(os.cpu_count() or 1, max(1, math.ceil(total * _COST[job.kind] / 200)))
+    chunks = list(_chunks(total, 25))
+    rows: list[list[str]] = []
+    with tqdm(total=total, desc=f"{preset}/{job.kind}", unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            for bounds in chunks:
+                rows += job.run(*bounds)
+                bar.update(bounds[1] - bounds[0])
+        else:
+            with ProcessPoolExecutor(
+                workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)
+            ) as pool:
+                for bounds, chunk_rows in zip(chunks, pool.map(_run_chunk, chunks)):
+                    rows += chunk_rows
                     bar.update(bounds[1] - bounds[0])
-            else:
-                with ProcessPoolExecutor(
-                    workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)
-                ) as pool:
-                    for bounds, chunk_rows in zip(chunks, pool.map(_run_chunk, chunks)):
-                        rows += chunk_rows
-                        bar.update(bounds[1] - bounds[0])
-        return write_index(root, rows, meta)
+    return rows
+
+
+def data_preset(name: str) -> dict[str, dict[str, Any]]:
+    """One preset's data sizes: the ``data`` section of ``spanlib/presets/<name>.yaml``.
+
+    Dataset kind -> ``{"splits": {split: count}, config field: value}``, where a
+    config field is one of the kind's config dataclass
+    (:class:`~spanlib.data.phantoms.ChestConfig`, :class:`~spanlib.data.parts.PartConfig`,
+    :class:`~spanlib.data.digits.DigitsConfig`). A fresh copy on every call.
+
+    Raises:
+        ValueError: for an unknown preset name.
+    """
+    if name not in preset_names():
+        raise ValueError(f"unknown data preset {name!r}; known: {', '.join(preset_names())}")
+    return preset_section(name, "data")
 
 
 def make_default_data(
@@ -252,7 +290,7 @@ def make_default_data(
     """Generate the embedded default data of a preset.
 
     Args:
-        preset: ``"smoke"``, ``"book"`` or ``"paper"`` (see :mod:`spanlib.data.presets`).
+        preset: ``"smoke"``, ``"book"`` or ``"paper"`` (the ``data`` section of ``spanlib/presets/<preset>.yaml``).
         out: destination; ``chest/``, ``parts/`` and ``digits/`` are written under it.
         seed: dataset seed (same seed, same bytes).
         workers: worker processes per dataset (default: CPU count for large sets).

@@ -84,14 +84,46 @@ def import_dataset(
         dataset.size = parse_size(size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    label_names, mask_names = tuple(dataset.label_names), tuple(dataset.mask_names)
     journal_path = out / JOURNAL
     old_header, done = _read_journal(journal_path)
-    header = ["id", "split", *label_names]
+    header = ["id", "split", *dataset.label_names]
     if done and old_header != header:
         raise DataError(journal_path, "journal of an import with other labels: remove the folder to start over")
     if (out / "meta.json").exists():
         (out / "meta.json").unlink()  # not complete again until this import finishes
+    written, resumed, failures = _write_samples(dataset, out, header, done, bit_depth, progress)
+    rows = list(_read_journal(journal_path)[1].values())
+    summary = {
+        "reader": getattr(dataset, "reader_name", "records"),
+        "source": str(dataset.root),
+        "out": str(out),
+        "samples": len(dataset.records),
+        "written": written,
+        "resumed": resumed,
+        "failed": len({f["id"] for f in failures}),
+        "failures": failures,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    (out / REPORT).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if not rows:
+        raise DataError(dataset.root, f"no sample could be imported ({len(failures)} failure(s): see {out / REPORT})")
+    write_index(out, rows, _imported_meta(dataset, size))
+    if report is not None:
+        report(f"{summary['reader']} at {dataset.root} -> {out}: {written} written, {resumed} already there, "
+               f"{summary['failed']} failed ({out / REPORT})")
+    return summary
+
+
+def _write_samples(
+    dataset: RecordDataset, out: Path, header: list[str], done: dict[str, list[str]], bit_depth: int, progress: bool
+) -> tuple[int, int, list[dict[str, str]]]:
+    """Write every sample not already in the journal, appending each to it as it lands.
+
+    Returns:
+        ``(written, resumed, failures)``; a failure names the id, the file and the problem.
+    """
+    label_names, mask_names = tuple(dataset.label_names), tuple(dataset.mask_names)
+    journal_path = out / JOURNAL
     failures: list[dict[str, str]] = []
     written = resumed = 0
     new_journal = not journal_path.is_file()
@@ -124,33 +156,18 @@ def import_dataset(
             writer.writerow([name, sample.split, *(label_cell(sample.labels.get(n, math.nan)) for n in label_names)])
             handle.flush()
             written += 1
-    rows = list(_read_journal(journal_path)[1].values())
-    meta = {
+    return written, resumed, failures
+
+
+def _imported_meta(dataset: RecordDataset, size: int | None) -> dict[str, Any]:
+    """``meta.json`` of an imported dataset (written last: it marks the import complete)."""
+    return {
         "kind": dataset.meta.get("kind", "folder"),
         "source": str(dataset.meta.get("source", "")),
         "synthetic": bool(dataset.meta.get("synthetic", False)),
         "description": f"imported with the {getattr(dataset, 'reader_name', 'records')} reader",
-        "mask_names": list(mask_names),
-        "label_names": list(label_names),
+        "mask_names": list(dataset.mask_names),
+        "label_names": list(dataset.label_names),
         "imported_from": str(dataset.root),
         "size": size,
     }
-    summary = {
-        "reader": getattr(dataset, "reader_name", "records"),
-        "source": str(dataset.root),
-        "out": str(out),
-        "samples": len(dataset.records),
-        "written": written,
-        "resumed": resumed,
-        "failed": len({f["id"] for f in failures}),
-        "failures": failures,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    (out / REPORT).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    if not rows:
-        raise DataError(dataset.root, f"no sample could be imported ({len(failures)} failure(s): see {out / REPORT})")
-    write_index(out, rows, meta)
-    if report is not None:
-        report(f"{summary['reader']} at {dataset.root} -> {out}: {written} written, {resumed} already there, "
-               f"{summary['failed']} failed ({out / REPORT})")
-    return summary

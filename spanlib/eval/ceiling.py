@@ -24,12 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from spanlib.core.checkpoint import write_json
 from spanlib.core.configs import Config
 from spanlib.core.device import default_device, torch_threads
+from spanlib.data import open_dataset
 from spanlib.data.transforms import EvaluationView
+from spanlib.eval.sets import test_set, training_set
 from spanlib.model.vit import build_vit
 
 NETWORKS = ("vit", "vit_conv_stem", "cnn")
@@ -154,8 +157,6 @@ def supervised_ceiling(
         ``{"auc": {"vit": %, "vit_conv_stem": %, "cnn": %}, "epochs", "train", "test", "label", "img_size",
         "stem"}``; ``vit_conv_stem`` is absent when the run's own ViT has the conv stem (``stem``).
     """
-    from sklearn.metrics import roc_auc_score
-
     request = {"networks": list(NETWORKS), "label": label, "epochs": epochs, "seed": seed, "dihedral": dihedral,
                "train": len(train), "test": len(test), "img_size": cfg.model.img_size, "model": cfg.model.to_dict(),
                "ids": _ids_digest(train, test)}
@@ -194,9 +195,6 @@ def supervised_ceiling(
 def supervised_ceiling_on(cfg: Config, data: str | Path, reader: str, label: str, epochs: int = 30, seed: int = 0,
                           out: str | Path | None = None) -> dict[str, Any]:
     """:func:`supervised_ceiling` on a dataset, with the linear probe's sets: its train split and its test set."""
-    from spanlib.data import open_dataset
-    from spanlib.eval.sets import test_set, training_set
-
     whole = open_dataset(reader, data)
     test, test_how = test_set(whole, Path(data), None, reader, {})
     train, _ = training_set(whole, Path(data), None, reader, {}, test, test_how)

@@ -10,18 +10,24 @@ evaluation again (same arguments, checkpoint and data) without recomputing it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from spanlib.data.transforms import EvaluationView
 from spanlib.core.checkpoint import save_atomic, write_json
 from spanlib.core.configs import Config
+from spanlib.data import open_dataset
+from spanlib.data.transforms import EvaluationView
+from spanlib.eval import probe
+from spanlib.eval.ap import attention_average_precision, upsample_nearest
+from spanlib.eval.metrics import iou, mass_threshold, pointing_game
 from spanlib.eval.sets import SelectionError, selection_set, test_set, training_set
 from spanlib.model.export import load_backbone
 from spanlib.model.vit import AttentionProbe, patch_grid
@@ -158,9 +164,6 @@ def attention_scores(
         Per organ: ``mAP``, ``head``, ``pointing``, ``iou``, ``per_head_mAP``
         and ``per_image_max_mAP`` (all in percent).
     """
-    from spanlib.eval.ap import attention_average_precision, upsample_nearest
-    from spanlib.eval.metrics import iou, mass_threshold, pointing_game
-
     out = {}
     for organ, mask in masks.items():
         mask = mask.bool()
@@ -194,6 +197,64 @@ def _masks(samples: Sequence, organs: Sequence[str]) -> dict[str, torch.Tensor]:
 def _labels(samples: Any, names: Sequence[str]) -> np.ndarray:
     """Label matrix from the index (no image is read)."""
     return np.array([[r.labels.get(n, math.nan) for n in names] for r in samples.records], dtype=float)
+
+
+def _previous_result(out: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The result already in ``out`` when it answers the same request (checkpoint, data, arguments)."""
+    if not out.is_file():
+        return None
+    try:
+        previous = json.loads(out.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    return previous if previous.get("request") == request else None
+
+
+def _attention_result(
+    whole: Any,
+    test: Any,
+    data: Path,
+    cfg: Config,
+    extracted: Callable[[Any], dict[str, Any]],
+    select_on: str | None,
+    reader: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """``organs`` and ``attention`` of an attention evaluation; a head not assigned is chosen off the test set."""
+    result: dict[str, Any] = {}
+    organs = list(test.mask_names)
+    if not organs:
+        raise SelectionError(f"{data}: the test set has no masks to score attention against")
+    assigned = {o: h for o, h in cfg.span.assigned_heads.items() if o in organs}
+    choice = None
+    if len(assigned) < len(organs):  # some organ's head must be chosen: never on the test set
+        val, select_how = selection_set(whole, test, data, select_on, reader, options)
+        missing = [o for o in organs if o not in val.mask_names]
+        if missing:
+            raise SelectionError(f"{select_how}: the selection set has no masks for {', '.join(missing)}")
+        val_scores = attention_scores(extracted(val)["attention"], _masks(val, organs), {})
+        choice = {o: val_scores[o]["head"] for o in organs if o not in assigned}
+        result["selection_set"], result["selection_images"] = select_how, len(val)
+    scores = attention_scores(extracted(test)["attention"], _masks(test, organs), assigned, choice)
+    result["organs"] = scores
+    result["attention"] = {o: {"mean": s["mAP"], "head": s["head"], "head_chosen": s["head_chosen"],
+                               "pointing": s["pointing"]} for o, s in scores.items()}
+    return result
+
+
+def _probe_result(
+    kind: str, train: Any, test: Any, extracted: Callable[[Any], dict[str, Any]], seed: int
+) -> dict[str, Any]:
+    """A linear probe, few-shot or k-NN evaluation on the frozen features of ``train`` and ``test``."""
+    names = list(train.label_names)
+    ftrain = extracted(train)["features"]
+    ftest = extracted(test)["features"]
+    ytrain, ytest = _labels(train, names), _labels(test, names)
+    if kind == "linear":
+        return probe.linear_probe(ftrain, ytrain, ftest, ytest, names, seed=seed)
+    if kind == "fewshot":
+        return probe.fewshot(ftrain, ytrain[:, 0], ftest, ytest[:, 0], seed=seed)
+    return probe.knn_multilabel(ftrain, ytrain, ftest, ytest, names)
 
 
 def evaluate(
@@ -233,22 +294,13 @@ def evaluate(
         out: the JSON file to write (default ``RUN/eval/<kind>-<dataset>.json``).
         **options: the reader's options (``size``, ``uncertain``, ...).
     """
-    import json
-
-    from spanlib.data import open_dataset
-    from spanlib.eval import probe
-
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose from {KINDS}")
     out = Path(out) if out else Path(run) / "eval" / f"{kind}-{Path(data).name}.json"
     request = _request(kind, run, data, seed, reader, select_on, test_on, train_on, eval_size, options)
-    if out.is_file():  # the same evaluation of the same checkpoint on the same data: its result
-        try:
-            previous = json.loads(out.read_text())
-        except (OSError, ValueError):
-            previous = {}
-        if previous.get("request") == request:
-            return previous
+    previous = _previous_result(out, request)
+    if previous is not None:
+        return previous
     backbone = load_backbone(run)
     cfg, _, info = backbone
     data = Path(data)
@@ -259,40 +311,13 @@ def evaluate(
                               "test_images": len(test), "synthetic": bool(test.meta.get("synthetic", False))}
     if eval_size:
         result["eval_size"] = int(eval_size)
+    extracted = functools.partial(cached_extract, run, img_size=eval_size, backbone=backbone)  # cached per set
     if kind == "attention":
-        organs = list(test.mask_names)
-        if not organs:
-            raise SelectionError(f"{data}: the test set has no masks to score attention against")
-        assigned = {o: h for o, h in cfg.span.assigned_heads.items() if o in organs}
-        choice = None
-        if len(assigned) < len(organs):  # some organ's head must be chosen: never on the test set
-            val, select_how = selection_set(whole, test, data, select_on, reader, options)
-            missing = [o for o in organs if o not in val.mask_names]
-            if missing:
-                raise SelectionError(f"{select_how}: the selection set has no masks for {', '.join(missing)}")
-            val_scores = attention_scores(cached_extract(run, val, img_size=eval_size, backbone=backbone)["attention"],
-                                          _masks(val, organs), {})
-            choice = {o: val_scores[o]["head"] for o in organs if o not in assigned}
-            result["selection_set"], result["selection_images"] = select_how, len(val)
-        scores = attention_scores(cached_extract(run, test, img_size=eval_size, backbone=backbone)["attention"],
-                                  _masks(test, organs),
-                                  assigned, choice)
-        result["organs"] = scores
-        result["attention"] = {o: {"mean": s["mAP"], "head": s["head"], "head_chosen": s["head_chosen"],
-                                   "pointing": s["pointing"]} for o, s in scores.items()}
+        result.update(_attention_result(whole, test, data, cfg, extracted, select_on, reader, options))
     else:
         train, train_how = training_set(whole, data, train_on, reader, options, test, test_how)
         result["train_set"], result["train_images"] = train_how, len(train)
-        names = list(train.label_names)
-        ftrain = cached_extract(run, train, img_size=eval_size, backbone=backbone)["features"]
-        ftest = cached_extract(run, test, img_size=eval_size, backbone=backbone)["features"]
-        ytrain, ytest = _labels(train, names), _labels(test, names)
-        if kind == "linear":
-            result.update(probe.linear_probe(ftrain, ytrain, ftest, ytest, names, seed=seed))
-        elif kind == "fewshot":
-            result.update(probe.fewshot(ftrain, ytrain[:, 0], ftest, ytest[:, 0], seed=seed))
-        else:
-            result.update(probe.knn_multilabel(ftrain, ytrain, ftest, ytest, names))
+        result.update(_probe_result(kind, train, test, extracted, seed))
     result["request"] = request
     out.parent.mkdir(parents=True, exist_ok=True)
     if getattr(whole, "seeded_split", False):

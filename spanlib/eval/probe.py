@@ -17,6 +17,7 @@ scores every regimen.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -150,35 +151,11 @@ def linear_probe(
         torch.set_num_threads(previous)
 
 
-def _linear_probe(
-    train_x: ArrayLike,
-    train_y: ArrayLike,
-    test_x: ArrayLike,
-    test_y: ArrayLike,
-    label_names: list[str],
-    epochs: int,
-    optimizer: str,
-    lr: float,
-    weight_decay: float,
-    batch_size: int,
-    seed: int,
-) -> dict[str, Any]:
+def _linear_probe(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, test_y: ArrayLike, label_names: list[str],
+                  epochs: int, optimizer: str, lr: float, weight_decay: float, batch_size: int, seed: int
+                  ) -> dict[str, Any]:
     """:func:`linear_probe` under the caller's thread setting."""
-    x_train = _features(train_x, "train_x")
-    x_test = _features(test_x, "test_x")
-    if x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(f"train_x has {x_train.shape[1]} features, test_x {x_test.shape[1]}")
-    y_train = _multilabels(train_y, x_train.shape[0], "train_y")
-    y_test = _multilabels(test_y, x_test.shape[0], "test_y")
-    if y_train.shape[1] != len(label_names) or y_test.shape[1] != len(label_names):
-        raise ValueError(f"{len(label_names)} label names for {y_train.shape[1]} / {y_test.shape[1]} label columns")
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-
-    mean = x_train.mean(dim=0)
-    std = x_train.std(dim=0, unbiased=False).clamp(min=1e-8)
-    x_train = ((x_train - mean) / std).float()
-    x_test = ((x_test - mean) / std).float()
+    x_train, y_train, x_test, y_test = _probe_inputs(train_x, train_y, test_x, test_y, label_names, epochs)
     known = torch.from_numpy(~np.isnan(y_train))
     target = torch.from_numpy(np.nan_to_num(y_train, nan=0.0)).float()
 
@@ -195,10 +172,46 @@ def _linear_probe(
             loss = loss + 0.5 * weight_decay * layer.weight.pow(2).sum()
         return loss
 
+    _fit_layer(layer, loss_of, x_train.shape[0], epochs, optimizer, lr, batch_size, seed)
+    with torch.no_grad():
+        final_loss = float(loss_of(slice(None)))
+        test_scores = layer(x_test).double().numpy()
+    result = auc_per_label(test_scores, y_test, list(label_names))
+    result.update(
+        final_loss=final_loss,
+        epochs=epochs,
+        optimizer=optimizer,
+        n_train=int(x_train.shape[0]),
+        n_test=int(x_test.shape[0]),
+    )
+    return result
+
+
+def _probe_inputs(
+    train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, test_y: ArrayLike, label_names: list[str], epochs: int
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
+    """Checked inputs of the linear probe, the features standardised with the training set's statistics (float32)."""
+    x_train = _features(train_x, "train_x")
+    x_test = _features(test_x, "test_x")
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(f"train_x has {x_train.shape[1]} features, test_x {x_test.shape[1]}")
+    y_train = _multilabels(train_y, x_train.shape[0], "train_y")
+    y_test = _multilabels(test_y, x_test.shape[0], "test_y")
+    if y_train.shape[1] != len(label_names) or y_test.shape[1] != len(label_names):
+        raise ValueError(f"{len(label_names)} label names for {y_train.shape[1]} / {y_test.shape[1]} label columns")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    mean = x_train.mean(dim=0)
+    std = x_train.std(dim=0, unbiased=False).clamp(min=1e-8)
+    return ((x_train - mean) / std).float(), y_train, ((x_test - mean) / std).float(), y_test
+
+
+def _fit_layer(layer: torch.nn.Module, loss_of: Callable[[torch.Tensor | slice], torch.Tensor], n: int, epochs: int,
+               optimizer: str, lr: float, batch_size: int, seed: int) -> None:
+    """Train ``layer`` on ``loss_of(rows)``: Adam over seeded mini-batches of the ``n`` rows, or full-batch L-BFGS."""
     if optimizer == "adam":
         opt = torch.optim.Adam(layer.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(seed)
-        n = x_train.shape[0]
         for _ in range(epochs):
             for rows in torch.randperm(n, generator=gen).split(batch_size):
                 opt.zero_grad(set_to_none=True)
@@ -218,19 +231,6 @@ def _linear_probe(
         opt.step(closure)
     else:
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
-
-    with torch.no_grad():
-        final_loss = float(loss_of(slice(None)))
-        test_scores = layer(x_test).double().numpy()
-    result = auc_per_label(test_scores, y_test, list(label_names))
-    result.update(
-        final_loss=final_loss,
-        epochs=epochs,
-        optimizer=optimizer,
-        n_train=int(x_train.shape[0]),
-        n_test=int(x_test.shape[0]),
-    )
-    return result
 
 
 def _binary_labels(y: ArrayLike, n: int, name: str) -> np.ndarray:
@@ -324,6 +324,32 @@ def fewshot(
         ValueError: If the test set lacks a class, ``draws < 2``, or no size
             can be drawn.
     """
+    x_train, y_train, x_test, y_test = _fewshot_inputs(train_x, train_y, test_x, test_y, draws)
+    per_size: dict[int, dict[str, Any]] = {}
+    skipped: dict[int, str] = {}
+    for size in sizes:
+        try:
+            index_sets = balanced_draws(y_train, size, draws, seed)
+        except ValueError as err:
+            skipped[int(size)] = str(err)
+            continue
+        per_size[int(size)] = _fewshot_size(x_train, y_train, x_test, y_test, index_sets, C)
+    if not per_size:
+        raise ValueError(f"no labelled-set size could be drawn: {skipped}")
+    return {
+        "sizes": per_size,
+        "skipped": skipped,
+        "draws": draws,
+        "seed": seed,
+        "interval": "ci95: Student-t 95% interval of the mean AUC over draws; "
+        "spread95: 2.5-97.5 percentiles of the AUC over draws",
+    }
+
+
+def _fewshot_inputs(
+    train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, test_y: ArrayLike, draws: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked few-shot inputs: features standardised with all of ``train_x``, items with a nan label dropped."""
     x_train = _features(train_x, "train_x").numpy()
     x_test = _features(test_x, "test_x").numpy()
     y_train = _binary_labels(train_y, x_train.shape[0], "train_y")
@@ -340,41 +366,30 @@ def fewshot(
     x_test, y_test = x_test[scored], y_test[scored].astype(np.int64)
     if y_test.size == 0 or y_test.min() == y_test.max():
         raise ValueError("test_y holds fewer than two classes; AUC is undefined")
+    return x_train, y_train, x_test, y_test
 
-    per_size: dict[int, dict[str, Any]] = {}
-    skipped: dict[int, str] = {}
-    for size in sizes:
-        try:
-            index_sets = balanced_draws(y_train, size, draws, seed)
-        except ValueError as err:
-            skipped[int(size)] = str(err)
-            continue
-        aucs = np.empty(draws)
-        # tiny fits: a second BLAS thread only adds synchronisation (with torch
-        # loaded it made each fit about 50x slower on the shared 2-core machines)
-        with threadpool_limits(limits=1, user_api="blas"):
-            for d, rows in enumerate(index_sets):
-                model = LogisticRegression(C=C, max_iter=1000)
-                model.fit(x_train[rows], y_train[rows])
-                aucs[d] = 100.0 * roc_auc_score(y_test, model.decision_function(x_test))
-        mu, sd = float(aucs.mean()), float(aucs.std(ddof=1))
-        half = float(stats.t.ppf(0.975, draws - 1)) * sd / math.sqrt(draws)
-        per_size[int(size)] = {
-            "mean": mu,
-            "sd": sd,
-            "ci95": [mu - half, mu + half],
-            "spread95": [float(v) for v in np.percentile(aucs, [2.5, 97.5])],
-            "aucs": aucs.tolist(),
-        }
-    if not per_size:
-        raise ValueError(f"no labelled-set size could be drawn: {skipped}")
+
+def _fewshot_size(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, index_sets: np.ndarray, C: float
+) -> dict[str, Any]:
+    """One labelled-set size: a logistic regression per draw, the test AUCs, their mean and intervals."""
+    draws = len(index_sets)
+    aucs = np.empty(draws)
+    # tiny fits: a second BLAS thread only adds synchronisation (with torch
+    # loaded it made each fit about 50x slower on the shared 2-core machines)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for d, rows in enumerate(index_sets):
+            model = LogisticRegression(C=C, max_iter=1000)
+            model.fit(x_train[rows], y_train[rows])
+            aucs[d] = 100.0 * roc_auc_score(y_test, model.decision_function(x_test))
+    mu, sd = float(aucs.mean()), float(aucs.std(ddof=1))
+    half = float(stats.t.ppf(0.975, draws - 1)) * sd / math.sqrt(draws)
     return {
-        "sizes": per_size,
-        "skipped": skipped,
-        "draws": draws,
-        "seed": seed,
-        "interval": "ci95: Student-t 95% interval of the mean AUC over draws; "
-        "spread95: 2.5-97.5 percentiles of the AUC over draws",
+        "mean": mu,
+        "sd": sd,
+        "ci95": [mu - half, mu + half],
+        "spread95": [float(v) for v in np.percentile(aucs, [2.5, 97.5])],
+        "aucs": aucs.tolist(),
     }
 
 

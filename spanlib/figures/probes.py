@@ -1,4 +1,5 @@
-"""Tables and the reading of the BYOL chapter: training runs, mask quality, frozen-encoder probes.
+"""Tables of the BYOL chapter: training runs, mask quality, frozen-encoder probes (its reading:
+:func:`spanlib.book.readings.byol_reading`).
 
 Plain functions over what :mod:`spanlib.byol` returns (run handles with
 ``summary`` and ``log``, probe results as dicts), so the chapter's cells
@@ -12,9 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-
-LEVEL = 0.05
-"""Two scores closer than this (points) are read as level."""
 
 
 def runs_table(runs: Mapping[str, Any]) -> pd.DataFrame:
@@ -57,50 +55,3 @@ def ablation_inputs(table: pd.DataFrame, ks: Sequence[int],
     return by_k, refs
 
 
-def compare(table: pd.DataFrame, a: str, b: str, metric: str, level: float = LEVEL) -> str:
-    """``level with`` or ``x.y points above/below``: encoder ``a`` against ``b`` on ``metric``."""
-    diff = table.loc[a, metric] - table.loc[b, metric]
-    if abs(diff) < level:
-        return "level with"
-    return f"{abs(diff):.1f} points {'above' if diff > 0 else 'below'}"
-
-
-def byol_reading(table: pd.DataFrame, k: int, ks: Sequence[int], n_test: int, auc_se: float,
-                 iou_se: Mapping[str, float]) -> str:
-    """The chapter's reading of the probe table (Markdown bullets).
-
-    Args:
-        table: :func:`probe_table`.
-        k: the preset's K (the run ``object, K = k`` is the method).
-        ks: the K of the ablation.
-        n_test: number of test films.
-        auc_se: standard error of one mAUC of the main run.
-        iou_se: reference encoder -> paired standard error of the mIoU difference to the main run
-            (``plain BYOL``, ``random init``, ``superpixels``).
-    """
-    main = f"object, K = {k}"
-    best = max((f"object, K = {x}" for x in ks), key=lambda n: table.loc[n, "linear mAUC"])
-    t = table
-    lines = [
-        f"- **Linear probe**: object-level BYOL with K = {k} scores {t.loc[main, 'linear mAUC']:.1f} mAUC, "
-        f"{compare(t, main, 'plain BYOL', 'linear mAUC')} plain BYOL ({t.loc['plain BYOL', 'linear mAUC']:.1f}) "
-        f"and {compare(t, main, 'random init', 'linear mAUC')} the untrained encoder "
-        f"({t.loc['random init', 'linear mAUC']:.1f}); across K the best is {best} "
-        f"({t.loc[best, 'linear mAUC']:.1f}). With {n_test} test films, one mAUC has a standard "
-        f"error of about {auc_se:.1f} points (Hanley and McNeil per finding, findings treated as independent), so a "
-        f"difference between two encoders needs roughly {2 * 2 ** 0.5 * auc_se:.0f} points to stand out.",
-        f"- **Segmentation probe**: K = {k} reaches {t.loc[main, 'segmentation mIoU']:.1f} mIoU, "
-        f"{compare(t, main, 'plain BYOL', 'segmentation mIoU')} plain BYOL "
-        f"({t.loc['plain BYOL', 'segmentation mIoU']:.1f}; paired standard error over films "
-        f"{iou_se['plain BYOL']:.1f}) and {compare(t, main, 'random init', 'segmentation mIoU')} the untrained "
-        f"encoder ({t.loc['random init', 'segmentation mIoU']:.1f}; paired standard error "
-        f"{iou_se['random init']:.1f}).",
-        f"- **Refinement against the priors alone**: superpixel pooling scores "
-        f"{t.loc['superpixels', 'linear mAUC']:.1f} mAUC and "
-        f"{t.loc['superpixels', 'segmentation mIoU']:.1f} mIoU; K = {k} is "
-        f"{compare(t, main, 'superpixels', 'linear mAUC')} it on the linear probe and "
-        f"{compare(t, main, 'superpixels', 'segmentation mIoU')} it on segmentation (paired standard error "
-        f"{iou_se['superpixels']:.1f}).",
-        "- **One seed.** Every run here is one training seed; seed-to-seed variation adds to the test-set noise above.",
-    ]
-    return "\n".join(lines)

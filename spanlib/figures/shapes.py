@@ -1,4 +1,4 @@
-"""Tables and readings of the attention-shapes chapter, over the study's variants.
+"""Tables of the attention-shapes chapter, over the study's variants (its readings: :mod:`spanlib.book.readings`).
 
 ``variants`` is :attr:`spanlib.attention_study.StudyResults.variants`: name ->
 a variant's result with ``label``, ``config`` (``loss``, ``batch_size``,
@@ -13,29 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-
-LOSS_AND_VIEW_PAIRS: tuple[tuple[str, str], ...] = (
-    ("untrained", "dino_same"), ("untrained", "nce_same"), ("untrained", "dino_digit"), ("untrained", "nce_digit"),
-    ("dino_same", "dino_digit"), ("nce_same", "nce_digit"), ("dino_digit", "nce_digit"),
-)
-"""The changes read in the loss-and-views comparison: (from, to) variants."""
-
-
-def change(table: pd.DataFrame, variants: Mapping[str, Any], a: str, b: str, column: str) -> str:
-    """``<b> raises|lowers|leaves <column> from x (<a>) to y``, read off the study's table."""
-    x, y = table.loc[variants[a].label, column], table.loc[variants[b].label, column]
-    word = "raises" if y > x else "lowers" if y < x else "leaves"
-    return f"{variants[b].label} {word} {column} from {x:.1f} ({variants[a].label}) to {y:.1f}"
-
-
-def changes(table: pd.DataFrame, variants: Mapping[str, Any], columns: Sequence[str],
-            pairs: Sequence[tuple[str, str]] = LOSS_AND_VIEW_PAIRS) -> str:
-    """:func:`change` for every pair, one line each, a blank line after each column's group."""
-    lines: list[str] = []
-    for column in columns:
-        lines += [change(table, variants, a, b, column) for a, b in pairs]
-        lines.append("")
-    return "\n".join(lines)
 
 
 def last_logged(log: Sequence[Mapping[str, Any]], key: str) -> float:
@@ -57,17 +34,6 @@ def loss_table(variants: Mapping[str, Any], names: Sequence[str]) -> pd.DataFram
                           "DINO teacher entropy": last_logged(variants[n].log, "teacher_entropy"),
                           "training seconds": variants[n].seconds}
                          for n in names if variants[n].config.steps > 0]).set_index("variant")
-
-
-def digit_mass_lines(variants: Mapping[str, Any], names: Sequence[str], flat: float) -> str:
-    """Per variant, the range over heads of the attention mass on the digit, against a flat map's share."""
-    lines = []
-    for n in names:
-        r = variants[n]
-        mass = r.head_means("digit_mass")
-        lines.append(f"{r.label}: {mass.min():.2f} to {mass.max():.2f} % on the digit across heads "
-                     f"(a flat map: {flat:.2f} %; the most, {mass.max() / flat:.1f} times the flat share)")
-    return "\n".join(lines)
 
 
 VARIANT_FIELDS: tuple[str, ...] = ("loss", "views", "crops", "model.img_size", "model.patch_size", "steps")

@@ -120,6 +120,48 @@ def _sitk_folding(transform, reference) -> float:  # noqa: ANN001
     return float((jacobian <= 0).mean())
 
 
+def _affine_stage(fixed, moving, config: SitkConfig):  # noqa: ANN001, ANN202 - SimpleITK objects
+    """A moments-initialised affine transform of ``moving`` onto ``fixed``, by regular-step gradient descent."""
+    import SimpleITK as sitk
+
+    affine = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
+    method = _sitk_method(config)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-3, numberOfIterations=config.affine_iterations, gradientMagnitudeTolerance=1e-6
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetInitialTransform(affine, inPlace=True)
+    method.Execute(fixed, moving)
+    return affine
+
+
+def _bspline_stage(fixed, moving, affine, config: SitkConfig):  # noqa: ANN001, ANN202 - SimpleITK objects
+    """The b-spline transform after ``affine``: line search with the mesh doubled per level, or L-BFGS-B on one mesh."""
+    import SimpleITK as sitk
+
+    bspline = sitk.BSplineTransformInitializer(fixed, [config.mesh_size] * 2, order=3)
+    method = _sitk_method(config)
+    method.SetMovingInitialTransform(affine)
+    if config.optimizer == "lbfgsb":  # one control mesh at every level (L-BFGS-B cannot refine it)
+        method.SetOptimizerAsLBFGSB(
+            gradientConvergenceTolerance=1e-5, numberOfIterations=config.bspline_iterations,
+            maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * config.bspline_iterations,
+            costFunctionConvergenceFactor=1e7,
+        )
+        method.SetInitialTransform(bspline, inPlace=True)
+    else:
+        method.SetOptimizerAsGradientDescentLineSearch(
+            learningRate=5.0, numberOfIterations=config.bspline_iterations, convergenceMinimumValue=1e-4,
+            convergenceWindowSize=5,
+        )
+        method.SetOptimizerScalesFromPhysicalShift()
+        scales = [2**i for i in range(len(config.shrink_factors))]
+        method.SetInitialTransformAsBSpline(bspline, inPlace=True, scaleFactors=scales)
+    return method.Execute(fixed, moving)
+
+
 def register_pair_sitk(
     image: np.ndarray,
     exemplar_image: np.ndarray,
@@ -168,37 +210,10 @@ def register_pair_sitk(
         fixed = _to_sitk(image, config.size)
         moving = _to_sitk(exemplar_image, config.size)
         quality["ncc_identity"] = _sitk_ncc(fixed, moving, sitk.Transform(2, sitk.sitkIdentity))
-        affine = sitk.CenteredTransformInitializer(
-            fixed, moving, sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.MOMENTS
-        )
-        method = _sitk_method(config)
-        method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=2.0, minStep=1e-3, numberOfIterations=config.affine_iterations, gradientMagnitudeTolerance=1e-6
-        )
-        method.SetOptimizerScalesFromPhysicalShift()
-        method.SetInitialTransform(affine, inPlace=True)
-        method.Execute(fixed, moving)
+        affine = _affine_stage(fixed, moving, config)
         quality["ncc_affine"] = _sitk_ncc(fixed, moving, affine)
         affine_maps = warp_all(affine)
-        bspline = sitk.BSplineTransformInitializer(fixed, [config.mesh_size] * 2, order=3)
-        method = _sitk_method(config)
-        method.SetMovingInitialTransform(affine)
-        if config.optimizer == "lbfgsb":  # one control mesh at every level (L-BFGS-B cannot refine it)
-            method.SetOptimizerAsLBFGSB(
-                gradientConvergenceTolerance=1e-5, numberOfIterations=config.bspline_iterations,
-                maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * config.bspline_iterations,
-                costFunctionConvergenceFactor=1e7,
-            )
-            method.SetInitialTransform(bspline, inPlace=True)
-        else:
-            method.SetOptimizerAsGradientDescentLineSearch(
-                learningRate=5.0, numberOfIterations=config.bspline_iterations, convergenceMinimumValue=1e-4,
-                convergenceWindowSize=5,
-            )
-            method.SetOptimizerScalesFromPhysicalShift()
-            scales = [2**i for i in range(len(config.shrink_factors))]
-            method.SetInitialTransformAsBSpline(bspline, inPlace=True, scaleFactors=scales)
-        final = method.Execute(fixed, moving)
+        final = _bspline_stage(fixed, moving, affine, config)
         composite = sitk.CompositeTransform(2)  # applied last-added first: x -> affine(bspline(x))
         composite.AddTransform(affine)
         composite.AddTransform(final)

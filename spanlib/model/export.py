@@ -20,8 +20,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from spanlib.core.checkpoint import load_checkpoint, write_json
 from spanlib.core.configs import Config
@@ -84,8 +86,6 @@ def export_backbone(run: str | Path, out: str | Path, which: str = "teacher") ->
     Raises:
         ValueError: the run's ViT has a stem timm does not know (``model.stem: conv``).
     """
-    from safetensors.torch import save_file
-
     cfg, model, info = load_backbone(run, which)
     if cfg.model.stem != "patch":
         raise ValueError(f"{run}: its ViT has a {cfg.model.stem!r} stem (model.stem), which timm alone cannot build; "
@@ -110,8 +110,6 @@ def export_backbone(run: str | Path, out: str | Path, which: str = "teacher") ->
 
 def load_exported(folder: str | Path) -> torch.nn.Module:
     """Build an exported backbone with timm alone, from its ``config.json`` and ``model.safetensors``."""
-    import timm
-
     folder = Path(folder)
     config = json.loads((folder / TIMM_CONFIG).read_text(encoding="utf-8"))
     return timm.create_model(
