@@ -45,19 +45,19 @@ data: $(STAMP) digits
 	$(PY) -m spanlib data make --preset book
 
 # every regimen that trains (the untrained `random` baseline is made where it is evaluated)
-TRAINED := dino,dino_cxr,span_triangular,span_global,span_deformable
+TRAINED := dino,dino_cxr,span_triangular,span_global,span_deformable,span_coverage
 # the cast-part regimens that train, for the few-labels chapter (spanlib.book.summary.PART_TRAINED)
 PART_REGIMENS := dino,dino_cxr,span_triangular
 # the seeds of the headline tables (the results chapter's n_seeds)
 SEEDS := 0,1,2
 # the ablations of the results chapter (the book preset's `ablations` section, span_triangular at seed 0,
 # the headline runs' length); lambda 50 with both terms renormalised is the headline run itself
-ABLATION_LAMBDAS := 0.5,5,500
+ABLATION_LAMBDAS := 0.5,5,500,5000,50000
 SWEEP := OMP_NUM_THREADS=1 $(PY) -m spanlib sweep --notebook notebooks/03_pretraining.md --preset book --param score=true
 
 # The book: data, then two streams at once, one core each. One trains the chest
-# regimens at every seed and the lambda sweep; the other the shared start, the
-# cast parts at every seed and the terms ablation. Every run goes through
+# regimens at every seed; the other the shared start, the cast parts at every
+# seed, the terms ablation and the lambda sweep. Every run goes through
 # papermill (notebook 03, cached on disk) and is scored as it is trained
 # (`score`); each stream ends by executing one of the two study chapters once,
 # which caches their training. Then Jupyter Book executes the chapters (cached
@@ -68,8 +68,6 @@ book: $(STAMP) digits
 	$(PY) -m spanlib data make --preset book --out data/generated/book --quiet
 	rc=0; \
 	{ $(SWEEP) --param regimen=$(TRAINED) --param seed=$(SEEDS) \
-	  && $(SWEEP) --param regimen=span_triangular --param lambda_span=$(ABLATION_LAMBDAS) \
-		--out runs/book/sweeps/03_pretraining-lambda \
 	  && $(STUDY) --notebook notebooks/10_attention_shapes.md; } & chest=$$!; \
 	{ OMP_NUM_THREADS=1 $(PY) -m spanlib start --preset book \
 	  && $(SWEEP) --param regimen=$(PART_REGIMENS) --param seed=$(SEEDS) --param dataset=parts \
@@ -78,6 +76,8 @@ book: $(STAMP) digits
 		--param renormalize=true,false --out runs/book/sweeps/03_pretraining-terms \
 	  && $(SWEEP) --param regimen=span_triangular --param terms=both --param renormalize=false \
 		--out runs/book/sweeps/03_pretraining-terms-raw \
+	  && $(SWEEP) --param regimen=span_triangular --param lambda_span=$(ABLATION_LAMBDAS) \
+		--out runs/book/sweeps/03_pretraining-lambda \
 	  && $(STUDY) --notebook notebooks/09_refine_represent.md; } & other=$$!; \
 	wait $$chest || rc=1; wait $$other || rc=1; exit $$rc
 	$(VENV)/bin/jupyter-book build . -W --keep-going

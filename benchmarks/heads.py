@@ -57,6 +57,21 @@ def final_dino_loss(run: Path, last: int = 3) -> float:
     return sum(r["dino_loss"] for r in tail) / len(tail)
 
 
+def scale_also(prefixes: list[str]) -> None:
+    """Experiment only: the learning-rate scale of the SPAN section also applies to these parameter prefixes."""
+    from spanlib.model import dino
+
+    plain = dino.param_groups
+
+    def widened(model, lr_scales=None):
+        if lr_scales:
+            scale = next(iter(lr_scales.values()))
+            lr_scales = {**lr_scales, **{p: scale for p in prefixes}}
+        return plain(model, lr_scales)
+
+    dino.param_groups = widened
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="a built book (data, maps, start)")
@@ -65,7 +80,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-size", type=int, default=128)
     parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--scale-also", nargs="*", default=[], help="more parameter prefixes the lr scale applies to")
     args = parser.parse_args()
+    if args.scale_also:
+        scale_also(args.scale_also)
     root = args.root.resolve()
     chest = root / "data/generated/book/chest"
     kind = args.regimen.removeprefix("span_")

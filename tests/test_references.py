@@ -82,3 +82,30 @@ def test_films_of_different_sizes_and_films_without_the_organ():
     assert refs["maps"]["global"]["lung"] == pytest.approx(by_hand)
     with pytest.raises(ValueError, match="3 maps for 5 test films"):
         attention_references({"lung": films}, {}, 8, maps={"global": {"lung": films[:3]}})
+
+
+def test_references_of_written_sets_read_the_stored_maps_of_each_test_film(tmp_path):
+    """dataset_references reads a folder set's masks and a map store by film id."""
+    from types import SimpleNamespace
+
+    from spanlib.eval.references import dataset_references
+
+    masks = _masks(5, 32, seed=9)
+    test = [SimpleNamespace(id=f"t{i}", image=np.zeros((32, 32)), masks={"heart": m}) for i, m in enumerate(masks)]
+    test.append(SimpleNamespace(id="t5", image=np.zeros((32, 32)), masks={}))  # no heart mask: skipped
+    train = [SimpleNamespace(id=f"r{i}", masks={"heart": m}) for i, m in enumerate(_masks(4, 32, seed=10))]
+
+    class Store:
+        organs = ("left_lung", "heart")
+
+        def maps_for(self, sample_id):
+            i = int(sample_id[1:])
+            heart = masks[i] if i < 5 else np.zeros((32, 32), bool)
+            return np.stack([np.zeros((32, 32)), heart]).astype(np.float32)
+
+    refs = dataset_references(test, train, 4, {"deformable": Store()})
+    by_hand = attention_references({"heart": list(masks)}, {"heart": [t.masks["heart"] for t in train]}, 4,
+                                   maps={"deformable": {"heart": list(masks)}})
+    assert refs["oracle"] == pytest.approx(by_hand["oracle"])
+    assert refs["maps"]["deformable"]["heart"] == pytest.approx(refs["oracle"]["heart"])
+    assert refs["mean_mask"]["heart"] == pytest.approx(by_hand["mean_mask"]["heart"])

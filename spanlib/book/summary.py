@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spanlib.book.attention import attention_at, attention_references
 from spanlib.book.runs import (
     RunHandle,
     RunKey,
@@ -54,7 +55,7 @@ The book trains the heuristic one only (ring maps of rim and hub), to stay in it
 FEWSHOT_KEPT = "span_best"
 """The name of the kept SPAN backbone in ``fewshot``."""
 
-TRAINED = ("dino", "dino_cxr", "span_triangular", "span_global", "span_deformable")
+TRAINED = ("dino", "dino_cxr", "span_triangular", "span_global", "span_deformable", "span_coverage")
 """The chest regimens that train (``random`` and ``dino_start`` are not trained)."""
 
 PART_TRAINED = tuple(r for r in FEWSHOT_BASELINES + PART_SPAN_REGIMENS if r in TRAINED)
@@ -164,13 +165,14 @@ def score_run(preset: str, run: RunHandle, seed: int, dataset: str = "chest", he
         evaluate("fewshot", run.path, data, seed=seed)
         evaluate("linear", run.path, data, seed=seed)
         return done + ["fewshot", "linear"]
-    evaluate("attention", run.path, data)
+    for size in ("headline", "training"):
+        attention_at(preset, run.path, data, size=size)
     done.append("attention")
     if headline:
         evaluate("linear", run.path, data, seed=seed)
         done.append("linear")
     if not headline or _ablations_reuse(preset, regimen, seed):
-        evaluate("attention", run.path, data, test_on="val", out=run.path / "eval" / "attention-val.json")
+        attention_at(preset, run.path, data, split="val")
         done.append("attention on validation")
     return done
 
@@ -223,9 +225,11 @@ def build_summary(
         per_seed = []
         for seed in seeds:
             run = ensure_pretrained(preset, regimen, seed=seed, data=data, reader=reader, maps_from=maps_from)
-            att = evaluate("attention", run.path, scored, reader=eval_reader, select_on=select_on)["organs"]
+            att = attention_at(preset, run.path, scored, eval_reader, select_on)
+            att_training = attention_at(preset, run.path, scored, eval_reader, select_on, size="training")
             lin = evaluate("linear", run.path, chest, seed=seed, reader=reader)
             per_seed.append({"attention_mAP": {o: s["mAP"] for o, s in att.items()},
+                             "attention_mAP_training": {o: s["mAP"] for o, s in att_training.items()},
                              "pointing": {o: s["pointing"] for o, s in att.items()},
                              "linear_mAUC": lin["mAUC"], "dino_loss_below_log_k": dino_gap(run)})
         regimens[regimen] = _interval_tree(per_seed)
@@ -253,6 +257,7 @@ def build_summary(
         "fewshot": _interval_tree(fewshot_seeds),
         "fewshot_kept": kept,
         "knowledge_map_dice": map_dice(preset, data, reader, maps_from),
+        **(attention_references(preset, data, reader, maps_from, eval_data, eval_reader) or {}),
     }
     out = root / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -291,11 +296,11 @@ def build_ablations(preset: str) -> dict[str, Any]:
 
     def scored(**key: Any) -> dict[str, Any]:
         run = ensure_pretrained(preset, regimen, seed=seed, **key)
-        val = evaluate("attention", run.path, chest, test_on="val", out=run.path / "eval" / "attention-val.json")
-        test = evaluate("attention", run.path, chest)
-        return {"val_mAP": _mean_map(val["organs"]),
-                "test_mAP": {o: s["mAP"] for o, s in test["organs"].items()},
-                "pointing": {o: s["pointing"] for o, s in test["organs"].items()},
+        val = attention_at(preset, run.path, chest, split="val")
+        test = attention_at(preset, run.path, chest)
+        return {"val_mAP": _mean_map(val),
+                "test_mAP": {o: s["mAP"] for o, s in test.items()},
+                "pointing": {o: s["pointing"] for o, s in test.items()},
                 "dino_loss_below_log_k": dino_gap(run)}
 
     default = resolve(preset, regimen).span

@@ -109,10 +109,12 @@ class SpanConfig(FrozenConfig):
             the head's attention (:func:`spanlib.model.span.coverage_loss`).
             0 (the default) is the paper's regularizer alone.
         attention_lr_scale: learning-rate multiplier of the last block's
-            query/key/value projection in a SPAN run (an extension; 1 = the
-            paper's single learning rate). With Adam the step of a weight is
-            set by the learning rate, not by the weight of a loss term, so a
-            short run moves the assigned heads only as far as this lets it.
+            query/key/value projection and of the position embedding in a
+            SPAN run (an extension; 1 = the paper's single learning rate).
+            With Adam the step of a weight is set by the learning rate, not
+            by the weight of a loss term, so a short run moves the assigned
+            heads only as far as this lets it; the position embedding is what
+            lets a head find where an organ lies.
     """
 
     assigned_heads: dict[str, int] = field(default_factory=dict)
@@ -206,10 +208,14 @@ class Config(FrozenConfig):
     run: RunConfig = field(default_factory=RunConfig)
 
 
-REGIMENS = ("random", "dino_start", "dino", "dino_cxr", "span_triangular", "span_global", "span_deformable")
-"""Every regimen, baselines first. ``dino_start`` is the shared pretrained start, frozen: the paper's "DINO" row
-(ImageNet weights, no chest training); ``dino`` continues it with DINO's own views on chest films, ``dino_cxr``
-with the chest views, the SPAN regimens add the regularizer with one kind of knowledge map each."""
+REGIMENS = ("random", "dino_start", "dino", "dino_cxr", "span_triangular", "span_global", "span_deformable",
+            "span_coverage")
+"""Every regimen, baselines first. ``dino_start`` is the shared pretrained start, frozen: DINO on every generated
+set pooled (chest phantoms included), the book's counterpart of the paper's ImageNet "DINO" row; ``dino`` continues
+it with DINO's own views on chest films, ``dino_cxr`` with the chest views; the three SPAN regimens of the paper add
+its regularizer with one kind of knowledge map each; ``span_coverage`` is the book's extension, not the paper's
+method: the deformable maps with the coverage term (:func:`spanlib.model.span.coverage_loss`) and a faster step
+for the assigned heads (``span.attention_lr_scale``)."""
 
 
 def preset_names() -> list[str]:

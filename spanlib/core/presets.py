@@ -28,3 +28,17 @@ def notebook_parameters(name: str) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise ValueError(f"preset file {name}.yaml: 'notebook' must be a mapping of parameter names to values")
     return {"preset": name, **section}
+
+
+def evaluation_size(name: str) -> int | None:
+    """The input side at which a preset's headline attention is scored (its ``evaluation.size``; None: the training size).
+
+    The paper trains at 224 px and rescales films to 480 px for its attention
+    maps (appendix A.3), so that a head's map has a finer grid than the
+    training views give; the book scores at twice its training size.
+    """
+    section = load_preset(name).get("evaluation") or {}
+    size = section.get("size")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ValueError(f"preset file {name}.yaml: evaluation.size must be a positive number of pixels, not {size!r}")
+    return size

@@ -31,7 +31,7 @@ import torch
 
 from spanlib.eval.ap import attention_average_precision, nearest_source_index
 
-__all__ = ["attention_references", "grid_pool", "mean_grid", "score_as_attention"]
+__all__ = ["attention_references", "dataset_references", "grid_pool", "mean_grid", "score_as_attention"]
 
 
 def _as_batch(maps: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
@@ -134,3 +134,27 @@ def attention_references(
             pooled = torch.cat([grid_pool([m], grid) for m in kind_maps])
             out["maps"][kind][organ] = score_as_attention(pooled, list(test_masks[organ]))
     return out
+
+
+def dataset_references(test: Sequence, train: Sequence, grid: int | tuple[int, int],
+                       maps: Mapping[str, object] | None = None) -> dict[str, object]:
+    """:func:`attention_references` of a test and a training set read with :mod:`spanlib.data` readers.
+
+    Args:
+        test: the test samples (each with ``id`` and ``masks``).
+        train: the training samples, for the mean mask.
+        grid: the attention grid.
+        maps: kind -> the :class:`~spanlib.maps.store.KnowledgeMaps` of that kind
+            (each test film's maps are read by id; organs the store lacks are skipped).
+    """
+    organs = list(getattr(test, "mask_names", None) or (test[0].masks if len(test) else {}))
+    test_samples = [test[i] for i in range(len(test))]
+    # a film without an organ's mask keeps its place (an empty mask, skipped as the attention scores skip it)
+    test_masks = {o: [s.masks[o] if o in s.masks else np.zeros(np.shape(s.image)[:2], dtype=bool)
+                      for s in test_samples] for o in organs}
+    train_masks = {o: [s.masks[o] for s in (train[i] for i in range(len(train))) if o in s.masks] for o in organs}
+    per_kind = {}
+    for kind, store in (maps or {}).items():
+        films = [store.maps_for(s.id) for s in test_samples]
+        per_kind[kind] = {o: [m[store.organs.index(o)] for m in films] for o in organs if o in store.organs}
+    return attention_references(test_masks, train_masks, grid, per_kind)

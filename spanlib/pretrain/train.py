@@ -152,7 +152,8 @@ class Pretrainer:
             self.loss_fn.center.copy_(start_center.to(self.rt.device))
         scales = None
         if self.use_span and cfg.span.attention_lr_scale != 1.0:
-            scales = {f"backbone.blocks.{len(backbone.blocks) - 1}.attn.qkv.": cfg.span.attention_lr_scale}
+            scales = {f"backbone.blocks.{len(backbone.blocks) - 1}.attn.qkv.": cfg.span.attention_lr_scale,
+                      "backbone.pos_embed": cfg.span.attention_lr_scale}
         groups = D.param_groups(self.student, scales)
         # foreach: one fused kernel per group instead of a Python loop over
         # parameters (PyTorch only defaults to it on CUDA)
