@@ -156,3 +156,17 @@ def test_a_learning_rate_scale_moves_only_the_named_parameters_faster():
     assert by_name["blocks.1.attn.qkv.weight"]["weight_decay"] == pytest.approx(0.2)
     assert by_name["blocks.1.attn.qkv.bias"]["weight_decay"] == 0.0
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01) and optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_a_span_run_with_an_attention_lr_scale_steps_its_last_qkv_and_position_embedding_faster(tmp_path):
+    cfg = resolve("smoke", "span_coverage", {"span.knowledge_maps": {"kind": "masks"}})
+    assert cfg.span.attention_lr_scale > 1
+    trainer = Pretrainer(cfg, tmp_path / "run", samples=toy_samples())
+    names = {id(p): n for n, p in trainer.student.named_parameters()}
+    scaled = sorted(names[id(p)] for g in trainer.optimizer.param_groups if g.get("lr_scale") for p in g["params"])
+    last = len(trainer.student.backbone.blocks) - 1
+    assert scaled == sorted([f"backbone.blocks.{last}.attn.qkv.bias", f"backbone.blocks.{last}.attn.qkv.weight",
+                             "backbone.pos_embed"])
+    plain = Pretrainer(resolve("smoke", "span_deformable", {"span.knowledge_maps": {"kind": "masks"}}),
+                       tmp_path / "plain", samples=toy_samples())
+    assert len(plain.optimizer.param_groups) == 2  # the paper's regimens: DINO's two groups, as before
