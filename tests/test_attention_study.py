@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from spanlib import attention_study as A
+from spanlib.book.shapes import run_study
 from spanlib.core.configs import DinoConfig
 from spanlib.data.digits import STREAM, DigitsConfig, DigitSource, make_cluttered_digit
 from spanlib.model.dino import DINOLoss
@@ -306,7 +307,7 @@ def test_run_study_end_to_end_on_written_data(tmp_path):
         n_eval=3,
         n_show=1,
     )
-    results = A.run_study(study, data=data, cache_root=tmp_path / "runs", source=source, progress=None)
+    results = run_study(study, data=data, cache_root=tmp_path / "runs", source=source, progress=None)
     table = results.table()
     assert list(table.index) == ["untrained", "NCE"]
     assert results.data_source == "test strokes"

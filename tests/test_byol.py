@@ -405,7 +405,7 @@ def test_probe_encoder_caches_its_scores(tmp_path):
 
 def test_the_chapter_steps_on_a_written_set(tmp_path, monkeypatch):
     """The Refine and Represent chapter's functions, on a small folder of phantoms (``data`` given)."""
-    import spanlib.byol.chapter as chapter
+    import spanlib.book.byol as chapter
     from spanlib.data import CHEST_ORGANS, ChestConfig, make_chest_phantom, write_folder_dataset
 
     films = [make_chest_phantom(i, seed=2, config=ChestConfig(image_size=64), split="train" if i < 8 else "test")

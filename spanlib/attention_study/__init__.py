@@ -29,8 +29,9 @@ data), :mod:`~spanlib.attention_study.views` (canvases and crops),
 (one variant, cached by its configuration), :mod:`~spanlib.attention_study.scoring`
 (pixel AP and the pointing game of :mod:`spanlib.eval.metrics`, per head, and the
 AP of digit against clutter ink), :mod:`~spanlib.attention_study.study`
-(:func:`run_study`: every variant of a preset) and
-:mod:`~spanlib.attention_study.figures`.
+(the results of every variant) and :mod:`~spanlib.attention_study.figures`.
+The chapter's call, every variant of a preset trained (or loaded) and scored,
+is :func:`spanlib.book.shapes.run_study`, beside the other chapters' calls.
 """
 
 from spanlib.attention_study.config import (
@@ -58,7 +59,7 @@ from spanlib.attention_study.scoring import (
     score_attention,
     uniform_reference,
 )
-from spanlib.attention_study.study import StudyResults, VariantResult, run_study
+from spanlib.attention_study.study import StudyResults, VariantResult
 from spanlib.attention_study.training import CACHE_VERSION, TrainedVariant, cache_key, ensure_variant, train_variant
 from spanlib.attention_study.views import (
     INK_THRESHOLD,
@@ -107,7 +108,6 @@ __all__ = [
     "mass_share",
     "nt_xent",
     "positive_top1",
-    "run_study",
     "score_attention",
     "study_preset",
     "train_variant",

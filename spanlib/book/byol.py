@@ -2,7 +2,10 @@
 
 Each function is one step of ``notebooks/09_refine_represent.md``; the
 notebook calls them and shows what they return (the tables and figures come
-from :mod:`spanlib.figures.probes` and :mod:`spanlib.byol.figures`).
+from :mod:`spanlib.figures.probes` and :mod:`spanlib.byol.figures`, the
+sentences from :mod:`spanlib.book.readings`). The study itself lives in
+:mod:`spanlib.byol`; the chapters' calls of all three studies live here in
+``book/`` (:mod:`spanlib.book.summary`, :mod:`spanlib.book.shapes`).
 """
 
 from __future__ import annotations
