@@ -190,3 +190,24 @@ def test_a_chapter_runs_on_a_users_films_through_papermill(world, tmp_path):
     assert (run / "done.json").is_file() and "reader: images" in (run / "config.yaml").read_text()
     report = json.loads((REPO / "runs" / "smoke" / "data-films" / "maps" / "deformable" / "report.json").read_text())
     assert report["count"] == len(list((unlabelled / "images").iterdir())) and report["errors"] == 0
+
+
+@pytest.mark.slow
+def test_the_knowledge_map_chapter_reads_its_own_maps_report_on_a_users_films(world, tmp_path):
+    """Notebook 02 with ``-p data DIR``: the registration report it shows is the one of that folder's maps
+    (``runs/smoke/data-<name>/maps/deformable``), not the generated set's (the notebook used to read the latter)."""
+    import nbformat
+
+    mine = tmp_path / "my-films"
+    names = sorted(p.name for p in (world["films"] / "images").iterdir())[:20]
+    for sub in ["images", *(f"masks/{o}" for o in ("left_lung", "right_lung", "heart"))]:
+        (mine / sub).mkdir(parents=True)
+        for name in names:
+            (mine / sub / name).write_bytes((world["films"] / sub / name).read_bytes())
+    out = _execute("02", tmp_path, {"preset": "smoke", "data": str(mine), "reader": "images"})
+    shown = [o for cell in nbformat.read(out, as_version=4).cells for o in cell.get("outputs", [])
+             if "deformable build" in str(o.get("data", {}).get("text/plain", ""))]
+    assert len(shown) == 1
+    rows = dict(line.split(None, 1) for line in shown[0]["data"]["text/plain"].splitlines()[1:] if line.strip())
+    own = json.loads((REPO / "runs" / "smoke" / "data-my-films" / "maps" / "deformable" / "report.json").read_text())
+    assert int(rows["count"]) == own["count"] == len(names)
