@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import matplotlib
 import pytest
@@ -95,10 +96,18 @@ def test_final_logged_is_the_last_epochs_mean_and_reads_the_logs(tmp_path):
     assert rr.final_logged(records, "inside_share") == pytest.approx(0.6)
     with pytest.raises(ValueError, match="no training step logs 'inside_share'"):
         rr.final_logged([{"step": 1, "epoch": 0, "dino_loss": 3.0}], "inside_share")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:4]))
-    assert rr.final_inside_shares({"span_coverage": [run]}) == {"span_coverage": [pytest.approx(0.6)]}
+    runs = {}
+    for name, share in (("span_coverage (chest, seed 1)", 0.9), ("span_coverage (chest, seed 0)", 0.7),
+                        ("span_coverage (parts, seed 0)", 0.1), ("dino_cxr (chest, seed 0)", None)):
+        run = tmp_path / name.replace(" ", "_")
+        run.mkdir()
+        lines = [{"step": 1, "epoch": 0, "dino_loss": 3.0, **({"inside_share": share} if share else {})}]
+        (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        runs[name] = SimpleNamespace(path=run)
+    logs = rr.run_logs(runs, ["span_coverage", "dino_cxr", "span_global"])
+    assert list(logs["span_coverage"]) == [0, 1] and list(logs["dino_cxr"]) == [0] and logs["span_global"] == {}
+    assert logs["dino_cxr"][0] == [{"step": 1, "epoch": 0, "dino_loss": 3.0}]
+    assert rr.final_inside_shares({"span_coverage": logs["span_coverage"]}) == {"span_coverage": [0.7, 0.9]}
 
 
 def test_coverage_reading_says_when_the_extension_beats_the_papers_loss():
@@ -183,3 +192,13 @@ def test_tradeoff_curves_put_the_baseline_in_the_loss_panel_only():
     assert [line.get_label() for line in share.lines] == ["span_deformable", "span_coverage"]
     assert [line.get_label() for line in loss.lines] == ["span_deformable", "span_coverage", "dino_cxr", "log K"]
     assert loss.lines[-1].get_ydata()[0] == pytest.approx(math.log(256))
+
+
+def test_coverage_settings_are_read_from_the_configs():
+    book = rr.coverage_settings("book")
+    assert book.startswith("In the `book` preset, `span_coverage` trains toward the same maps as `span_deformable` "
+                           "(deformable) with the coverage term at weight 20 with inclusion and exclusion at 0 and 0 "
+                           "(the paper's regimen: 50 and 50, no coverage term)")
+    assert "stepped at 30 times the learning rate" in book and "batch 16 against 32, so 2 times the steps" in book
+    paper = rr.coverage_settings("paper")
+    assert "times the learning rate" not in paper and "batch" not in paper

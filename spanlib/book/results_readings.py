@@ -7,7 +7,10 @@ Split from :mod:`spanlib.book.readings` (which would pass its size bound):
 * :func:`coverage_reading`: the paper's loss (``span_deformable``) against the
   book's extension (``span_coverage``) on the same maps;
 * :func:`lambda_sweep_reading`: where the validation choice of lambda falls in
-  the swept range.
+  the swept range;
+
+and what the coverage reading is given: the runs' logs (:func:`run_logs`) and
+the inside share at their end (:func:`final_inside_shares`).
 
 A regimen's score is placed above or below a reference only where its 95%
 interval over seeds lies wholly on one side (one seed: its value).
@@ -16,6 +19,7 @@ interval over seeds lies wholly on one side (one seed: its value).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,10 +137,27 @@ def final_logged(records: Sequence[Mapping[str, Any]], key: str) -> float:
     return sum(values) / len(values)
 
 
-def final_inside_shares(run_paths: Mapping[str, Sequence[Any]]) -> dict[str, list[float]]:
-    """Regimen -> each run's inside share at the end of training (:func:`final_logged` of ``<run>/log.jsonl``)."""
-    return {regimen: [final_logged(read_log(Path(p) / "log.jsonl"), "inside_share") for p in paths]
-            for regimen, paths in run_paths.items()}
+def run_logs(runs: Mapping[str, Any], regimens: Sequence[str], dataset: str = "chest") -> dict[str, dict[int, list]]:
+    """Regimen -> seed -> the records of that run's ``log.jsonl``.
+
+    Args:
+        runs: :func:`spanlib.book.summary.trained_runs`'s result: ``"<regimen> (<dataset>, seed <s>)"`` -> a
+            run handle (with ``.path``).
+        regimens: the regimens to read.
+        dataset: the runs' dataset.
+    """
+    logs: dict[str, dict[int, list]] = {r: {} for r in regimens}
+    for name, run in runs.items():
+        found = re.fullmatch(r"(.+) \((.+), seed (\d+)\)", name)
+        if found and found.group(1) in logs and found.group(2) == dataset:
+            logs[found.group(1)][int(found.group(3))] = read_log(Path(run.path) / "log.jsonl")
+    return {r: dict(sorted(by_seed.items())) for r, by_seed in logs.items()}
+
+
+def final_inside_shares(logs: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]]) -> dict[str, list[float]]:
+    """Regimen -> each seed's inside share at the end of training (:func:`final_logged` of :func:`run_logs`)."""
+    return {regimen: [final_logged(records, "inside_share") for records in by_seed.values()]
+            for regimen, by_seed in logs.items()}
 
 
 def _mean(values: float | Sequence[float]) -> float:
@@ -209,3 +230,20 @@ def lambda_sweep_reading(ablations: Mapping[str, Any]) -> str:
     if chosen == hi:
         return text + "the largest value swept: the best lambda may lie above the range."
     return text + "inside the swept range."
+
+
+def coverage_settings(preset: str, paper: str = "span_deformable", extension: str = "span_coverage") -> str:
+    """What the extension changes against the paper's regimen in a preset, read from both configs (Markdown)."""
+    a, b = resolve(preset, paper), resolve(preset, extension)
+    changes = [f"the coverage term at weight {b.span.lambda_coverage:g} with inclusion and exclusion at "
+               f"{b.span.lambda_inclusion:g} and {b.span.lambda_exclusion:g} (the paper's regimen: "
+               f"{a.span.lambda_inclusion:g} and {a.span.lambda_exclusion:g}, no coverage term)"]
+    if b.span.attention_lr_scale != a.span.attention_lr_scale:
+        changes.append(f"the last block's query/key/value projection and the position embedding stepped at "
+                       f"{b.span.attention_lr_scale:g} times the learning rate")
+    if b.optim.batch_size != a.optim.batch_size:
+        changes.append(f"batch {b.optim.batch_size} against {a.optim.batch_size}, so "
+                       f"{a.optim.batch_size / b.optim.batch_size:g} times the steps over the same films")
+    same = "the same" if b.span.knowledge_maps == a.span.knowledge_maps else "other"
+    return (f"In the `{preset}` preset, `{extension}` trains toward {same} maps as `{paper}` "
+            f"({b.span.knowledge_maps.kind}) with " + "; ".join(changes) + ".")
