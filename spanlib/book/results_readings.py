@@ -28,6 +28,10 @@ from spanlib.core.checkpoint import read_log
 from spanlib.core.configs import REGIMENS, resolve
 from spanlib.eval.intervals import intervals_separate
 
+LEVEL = 0.05
+"""Two attention mAPs closer than this (points) are read as level, whatever their intervals (a run whose seeds
+agree to the last digit has an interval of no width)."""
+
 DINO_BAR_NATS = 0.5
 """A SPAN regimen keeps DINO's objective if its loss ends at most this many nats less far below log K than ``dino_cxr``."""
 
@@ -185,17 +189,19 @@ def coverage_reading(summary: Mapping[str, Any], inside_share: Mapping[str, floa
     wins, losses, lines, unread = [], [], [], 0
     for organ in a:
         ea, eb = _entry(a[organ]), _entry(b[organ])
+        gap = eb["mean"] - ea["mean"]
         apart = intervals_separate(ea, eb)
-        lines.append(f"- {organ}: `{extension}` {eb['mean']:.1f}, `{paper}` {ea['mean']:.1f}"
-                     + ("" if apart is None else " (intervals separate)" if apart else " (intervals overlap)"))
+        note = ("level" if abs(gap) < LEVEL else "no interval" if apart is None
+                else "intervals separate" if apart else "intervals overlap")
+        lines.append(f"- {organ}: `{extension}` {eb['mean']:.1f}, `{paper}` {ea['mean']:.1f} ({gap:+.1f}, {note})")
         unread += apart is None
-        if apart:
-            (wins if eb["mean"] > ea["mean"] else losses).append(organ)
+        if note == "intervals separate":
+            (wins if gap > 0 else losses).append(organ)
     gaps = {r: _entry(regimens[r]["dino_loss_below_log_k"])["mean"] for r in (paper, extension, bar)}
     kept = {r: gaps[r] >= gaps[bar] - nats for r in (paper, extension)}
     dino = (f"DINO's loss ends {gaps[paper]:.2f} nats below log K with `{paper}`, {gaps[extension]:.2f} with "
             f"`{extension}` and {gaps[bar]:.2f} with `{bar}`: "
-            + "; ".join(f"`{r}` {'within' if kept[r] else 'more than'} {nats:g} nats of `{bar}`" for r in kept) + ".")
+            + "; ".join(f"`{r}` {'at most' if kept[r] else 'more than'} {nats:g} nats short of `{bar}`" for r in kept) + ".")
     shares = [f"`{r}` {100 * _mean(inside_share[r]):.1f}%" for r in (paper, extension) if r in inside_share]
     inside = ("At the end of training the assigned heads put " + " and ".join(shares)
               + " of their attention inside their maps." if shares else "")
@@ -209,8 +215,8 @@ def coverage_reading(summary: Mapping[str, Any], inside_share: Mapping[str, floa
     else:
         verdict = (f"The coverage regimen does not beat the paper's loss on every organ: above with separate "
                    f"intervals on {len(wins)} of {n}, below on {len(losses)}")
-    verdict += (", and keeps DINO's objective within the bar." if kept[extension] else
-                f", and costs DINO's objective more than the {nats:g}-nat bar.")
+    verdict += (f". `{extension}` keeps DINO's objective within the bar." if kept[extension] else
+                f". `{extension}` costs DINO's objective more than the {nats:g}-nat bar.")
     head = f"The paper's loss (`{paper}`) and the book's extension (`{extension}`) train toward the same maps. Attention mAP:"
     return "\n\n".join(p for p in (head, "\n".join(lines), dino, inside, verdict) if p)
 
@@ -235,9 +241,11 @@ def lambda_sweep_reading(ablations: Mapping[str, Any]) -> str:
 def coverage_settings(preset: str, paper: str = "span_deformable", extension: str = "span_coverage") -> str:
     """What the extension changes against the paper's regimen in a preset, read from both configs (Markdown)."""
     a, b = resolve(preset, paper), resolve(preset, extension)
-    changes = [f"the coverage term at weight {b.span.lambda_coverage:g} with inclusion and exclusion at "
-               f"{b.span.lambda_inclusion:g} and {b.span.lambda_exclusion:g} (the paper's regimen: "
-               f"{a.span.lambda_inclusion:g} and {a.span.lambda_exclusion:g}, no coverage term)"]
+    def weights(span: Any) -> str:
+        return (f"coverage {span.lambda_coverage:g}, inclusion {span.lambda_inclusion:g}, "
+                f"exclusion {span.lambda_exclusion:g}")
+
+    changes = [f"the terms' weights {weights(b.span)} (`{paper}`: {weights(a.span)})"]
     if b.span.attention_lr_scale != a.span.attention_lr_scale:
         changes.append(f"the last block's query/key/value projection and the position embedding stepped at "
                        f"{b.span.attention_lr_scale:g} times the learning rate")
