@@ -6,7 +6,7 @@ import pytest
 
 from spanlib.book import readings
 from spanlib.book.runs import runs_dir
-from spanlib.book.summary import FEWSHOT_KEPT, build_ablations, build_summary, trained_runs
+from spanlib.book.summary import FEWSHOT_KEPT, PART_TRAINED, TRAINED, build_ablations, build_summary, trained_runs
 from spanlib.core.configs import REGIMENS
 from spanlib.figures import tables
 
@@ -60,7 +60,7 @@ def test_summary_tables_show_every_interval(summary):
     assert "k-NN accuracy, shared start (%)" in tables.start_table(summary["pretrained_start"]).index
     assert list(tables.map_quality_table(summary).index) == ["triangular", "global", "deformable"]
     runs = trained_runs("smoke", SEEDS)
-    assert len(runs) == (5 + 3) * len(SEEDS) and all(r.summary for r in runs.values())
+    assert len(runs) == (len(TRAINED) + len(PART_TRAINED)) * len(SEEDS) and all(r.summary for r in runs.values())
 
 
 def test_a_start_report_written_before_a_key_was_added_is_computed_again(summary):

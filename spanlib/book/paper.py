@@ -3,9 +3,11 @@
 From Miao et al., "Prior Knowledge-Guided Attention in Self-Supervised
 Vision Transformers" (SPAN), as digested in the project's notes. Values in
 percent. "DINO" there is the ImageNet DINO checkpoint, not trained on chest
-films; the book's ``dino_start`` (its shared pretrained start, frozen) plays
-that part, and ``random`` (an untrained network) is the paper's "random init"
-of its linear-probe table.
+films. The book's ``dino_start`` (its shared pretrained start, frozen) plays
+that part: DINO trained on the book's pooled generated sets, chest phantoms
+included, so unlike the paper's checkpoint it has seen chest films. ``random``
+(an untrained network) is the paper's "random init" of its linear-probe
+table. ``span_coverage`` is the book's extension and has no paper row.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ from are built in :mod:`spanlib.figures` (:mod:`~spanlib.figures.tables`,
 
 * the results (07): :func:`summary_header`, :func:`start_reading`,
   :func:`attention_ranking`, :func:`ordering_lines`, :func:`map_quality_reading`,
-  :func:`ablation_reading`, :func:`self_distillation_reading`;
+  :func:`ablation_reading`, :func:`self_distillation_reading`; the readings of
+  the references, the coverage extension and the lambda sweep are in
+  :mod:`spanlib.book.results_readings` (this module would pass its size bound);
 * few-label inspection (06): :func:`kept_backbone_line`, :func:`fewshot_verdict`,
   :func:`ceiling_reading`;
 * Refine and Represent (09): :func:`byol_reading`;

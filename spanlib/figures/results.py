@@ -1,19 +1,23 @@
-"""Figures of the result chapters: attention mAP bars, AUC heat maps, few-label curves, book against paper.
+"""Figures of the result chapters: attention mAP bars, AUC heat maps, few-label curves, book against paper,
+attention against its references, the lambda sweep.
 
-Each takes a table of :mod:`spanlib.figures.tables` and returns a
-:class:`spanlib.figures.style.BookFigure`.
+Each takes a table of :mod:`spanlib.figures.tables` (or the summary and ablations it is drawn from) and
+returns a :class:`spanlib.figures.style.BookFigure`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import matplotlib
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
-from spanlib.figures.style import BookFigure
+from spanlib.figures.style import STYLE, BookFigure
+from spanlib.figures.tables import summary_value
 
 
 def attention_map_bars(table: pd.DataFrame, regimens: Sequence[str]) -> Figure:
@@ -106,4 +110,75 @@ def book_vs_paper(rows: pd.DataFrame, regimens: Sequence[str]) -> Figure:
     ax.set_ylabel("this book (mAP %)")
     ax.set_title(f"Spearman rank correlation {rho:.2f}")
     ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+REFERENCE_LINES = {"oracle": ("black", "solid"), "mean_mask": ("0.45", "dashed")}
+"""Colour and line style of each reference line of :func:`attention_against_references` (map kinds: dotted)."""
+
+
+def attention_against_references(summary: Mapping[str, Any], kinds: Sequence[str] = ("deformable",),
+                                 size: str = "headline") -> Figure:
+    """Attention mAP per regimen (bars, 95% interval over seeds) and organ (panels), with the references as lines.
+
+    The lines are the oracle (the masks pooled to the grid), the training
+    films' mean mask, and each map kind of ``kinds`` scored as attention,
+    all on the same test films and grid. Each line's label names it
+    (``oracle``, ``mean mask``, ``<kind> maps``).
+
+    Args:
+        summary: :func:`spanlib.book.summary.build_summary`'s result, with ``attention_references``.
+        kinds: the knowledge-map kinds drawn as lines (those the summary has).
+        size: ``headline`` or ``training``.
+    """
+    suffix = "" if size == "headline" else "_training"
+    refs = summary[f"attention_references{suffix}"]
+    regimens = list(summary["regimens"])
+    organs = list(next(iter(summary["regimens"].values()))[f"attention_mAP{suffix}"])
+    lines = {"oracle": refs["oracle"], "mean mask": refs["mean_mask"],
+             **{f"{k} maps": refs["maps"][k] for k in kinds if k in refs.get("maps", {})}}
+    styles = {"oracle": REFERENCE_LINES["oracle"], "mean mask": REFERENCE_LINES["mean_mask"],
+              **{f"{k} maps": (f"C{i + 1}", "dotted") for i, k in enumerate(kinds)}}
+    with matplotlib.rc_context({**STYLE, "axes.grid": True}):
+        fig = BookFigure(figsize=(3.0 * len(organs), 3.4), layout="constrained")
+        axes = fig.subplots(1, len(organs), sharey=True, squeeze=False)[0]
+        for ax, organ in zip(axes, organs):
+            entries = [summary["regimens"][r][f"attention_mAP{suffix}"][organ] for r in regimens]
+            means = [summary_value(e) for e in entries]
+            low = [m - e["ci95"][0] if isinstance(e, Mapping) and e.get("ci95") else 0.0 for m, e in zip(means, entries)]
+            high = [e["ci95"][1] - m if isinstance(e, Mapping) and e.get("ci95") else 0.0 for m, e in zip(means, entries)]
+            ax.bar(range(len(regimens)), means, yerr=[low, high], capsize=2, color="C0", alpha=0.8)
+            for name, values in lines.items():
+                if organ in values:
+                    colour, style = styles[name]
+                    ax.axhline(values[organ], color=colour, linestyle=style, lw=1.2, label=name)
+            ax.set_xticks(range(len(regimens)), labels=regimens, rotation=60, ha="right", fontsize=7)
+            ax.set_title(organ.replace("_", " "))
+            ax.set_ylim(0, 100)
+        axes[0].set_ylabel(f"attention mAP (%), {summary[f'attention_grid{suffix}']}x"
+                           f"{summary[f'attention_grid{suffix}']} grid")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(lines))
+    return fig
+
+
+def lambda_sweep(ablations: Mapping[str, Any]) -> Figure:
+    """The lambda sweep: validation mAP and DINO's loss below log K against lambda (log axis), the choice marked.
+
+    Args:
+        ablations: :func:`spanlib.book.summary.build_ablations`'s result.
+    """
+    rows = sorted(ablations["lambda"], key=lambda r: r["lambda"])
+    lambdas = [r["lambda"] for r in rows]
+    panels = (("val_mAP", "validation attention mAP (%)"), ("dino_loss_below_log_k", "DINO loss below log K (nats)"))
+    with matplotlib.rc_context({**STYLE, "axes.grid": True}):
+        fig = BookFigure(figsize=(7.0, 2.8), layout="constrained")
+        axes = fig.subplots(1, 2, squeeze=False)[0]
+        for ax, (key, label) in zip(axes, panels):
+            values = [r[key] if r[key] is not None else float("nan") for r in rows]
+            ax.plot(lambdas, values, marker="o", color="C0")
+            ax.axvline(ablations["lambda_chosen"], color="C3", linestyle="dashed", lw=1.0, label="chosen on validation")
+            ax.set_xscale("log")
+            ax.set_xlabel("lambda")
+            ax.set_ylabel(label)
+        axes[0].legend(loc="best")
     return fig

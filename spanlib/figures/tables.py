@@ -222,3 +222,46 @@ def health_table(runs: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(health).T
 
 
+
+
+def references_table(references: Mapping[str, Any]) -> pd.DataFrame:
+    """The references of an attention table as rows by organ: the oracle, the mean mask, each map kind.
+
+    Args:
+        references: ``{"oracle": {organ: v}, "mean_mask": {organ: v}, "maps": {kind: {organ: v}}}``
+            (:func:`spanlib.eval.references.attention_references`; a summary's ``attention_references``).
+    """
+    rows = {"oracle (masks pooled to the grid)": references["oracle"],
+            "mean mask of the training films": references["mean_mask"]}
+    rows.update({f"{kind} maps as attention": v for kind, v in references.get("maps", {}).items()})
+    table = pd.DataFrame(rows).T
+    table.index.name = "reference"
+    return table
+
+
+def attention_sizes_table(headline: Mapping[str, Mapping[str, Any]], training: Mapping[str, Mapping[str, Any]],
+                          sizes: Mapping[str, int]) -> pd.DataFrame:
+    """Attention mAP per regimen (rows) and organ, at the headline and at the training size (column groups).
+
+    Args:
+        headline, training: regimen -> organ -> the evaluation's scores (``mAP``), or a summary number.
+        sizes: ``{"headline": side, "training": side}`` (:func:`spanlib.book.attention.scoring_sizes`).
+    """
+    def value(s: Any) -> float:
+        return summary_value(s["mAP"] if isinstance(s, Mapping) and "mAP" in s else s)
+
+    columns = {}
+    for which, scores in (("headline", headline), ("training", training)):
+        label = f"{sizes[which]} px ({which})"
+        for regimen, organs in scores.items():
+            for organ, s in organs.items():
+                columns.setdefault((label, organ), {})[regimen] = value(s)
+    table = pd.DataFrame(columns)
+    table.columns.names = ["scored at", "organ"]
+    return table
+
+
+def summary_references_table(summary: Mapping[str, Any], size: str = "headline") -> pd.DataFrame:
+    """:func:`references_table` of a summary at the ``headline`` or ``training`` grid (empty without references)."""
+    refs = summary.get("attention_references" + ("" if size == "headline" else "_training"))
+    return references_table(refs) if refs else pd.DataFrame()

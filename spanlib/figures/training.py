@@ -91,3 +91,26 @@ def training_curves(
         if title:
             figure.suptitle(title)
     return figure
+
+
+def tradeoff_curves(span_logs: Mapping[str, Sequence[Mapping[str, Any]]],
+                    baseline_logs: Mapping[str, Sequence[Mapping[str, Any]]],
+                    log_k: float | None = None) -> Figure:
+    """The SPAN runs' trade-off over training: the inside share (left) and DINO's loss (right), baselines beside.
+
+    The inside share is the share of the assigned heads' attention inside
+    their maps; the DINO runs log none, so they appear in the loss panel only.
+
+    Args:
+        span_logs: SPAN run name -> its log records (:func:`spanlib.core.checkpoint.read_log`).
+        baseline_logs: DINO run name (``dino_cxr``) -> its log records.
+        log_k: log of the head's K, drawn as a grey line on the loss panel (the uniform prediction).
+    """
+    figure = training_curves({**span_logs, **baseline_logs}, metrics=("inside_share", "dino_loss"), ncols=2,
+                             panel_size=(3.6, 2.6))
+    if log_k is not None:
+        loss_panel = figure.axes[1]
+        loss_panel.axhline(log_k, color="0.5", linestyle="dashed", lw=1.0, label="log K")
+        loss_panel.text(0.98, log_k, "log K", transform=loss_panel.get_yaxis_transform(), ha="right", va="bottom",
+                        color="0.4", fontsize=7)
+    return figure
