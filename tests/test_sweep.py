@@ -104,7 +104,7 @@ def test_concurrent_map_builds_wait_for_one(tmp_path, monkeypatch):
         out = Path(out)
         time.sleep(0.3)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "manifest.json").write_text(json.dumps({}))
+        (out / "manifest.json").write_text(json.dumps({"kind": kind, "organs": ["heart"], "size": 64}))
         (out / "report.json").write_text(json.dumps({}))
         return {"kind": kind, "records": []}
 

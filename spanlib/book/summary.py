@@ -165,7 +165,7 @@ def score_run(preset: str, run: RunHandle, seed: int, dataset: str = "chest", he
         evaluate("fewshot", run.path, data, seed=seed)
         evaluate("linear", run.path, data, seed=seed)
         return done + ["fewshot", "linear"]
-    for size in ("headline", "training"):
+    for size in ("headline", "training") if headline else ("headline",):  # the ablations read the headline size
         attention_at(preset, run.path, data, size=size)
     done.append("attention")
     if headline:
