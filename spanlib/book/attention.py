@@ -13,11 +13,12 @@ of knowledge map scored as attention.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spanlib.book.runs import chapter_data, knowledge_maps_dir
-from spanlib.core.configs import resolve
+from spanlib.book.runs import chapter_data, ensure_pretrained, knowledge_maps_dir
+from spanlib.core.configs import REGIMENS, resolve
 from spanlib.core.mapspec import MAP_KINDS, MapSpec
 from spanlib.core.presets import evaluation_size
 from spanlib.data import open_dataset
@@ -102,3 +103,42 @@ def attention_references(preset: str, data: str | None = None, reader: str = "fo
         out[f"attention_grid{suffix}"] = grid
         out[f"attention_references{suffix}"] = dataset_references(test, train, grid, stores)
     return out
+
+
+@dataclass
+class ChapterScores:
+    """What the attention chapter shows of one seed: its runs, where they are scored, their scores, the references.
+
+    Attributes:
+        runs: regimen -> the seed's run (:class:`spanlib.book.runs.RunHandle`).
+        data, reader: the films attention is scored on.
+        scores, scores_training: regimen -> organ -> scores at the headline and the training size.
+        sizes: :func:`scoring_sizes`.
+        references: :func:`attention_references` (None without masks).
+    """
+
+    runs: dict[str, Any]
+    data: Path
+    reader: str
+    scores: dict[str, Any]
+    scores_training: dict[str, Any]
+    sizes: dict[str, int]
+    references: dict[str, Any] | None
+
+
+def chapter_scores(preset: str, seed: int = 0, data: str | None = None, reader: str = "folder",
+                   maps_from: str | None = None, eval_data: str | None = None, eval_reader: str = "folder",
+                   select_on: str | None = None) -> ChapterScores:
+    """Every regimen of one seed trained (or loaded) and scored at both sizes, with the references: the
+    attention chapter's call (its parameters as the chapter has them; empty strings mean none)."""
+    data, maps_from, eval_data, select_on = data or None, maps_from or None, eval_data or None, select_on or None
+    scored, scored_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
+    runs = {r: ensure_pretrained(preset, r, seed=seed, data=data, reader=reader, maps_from=maps_from)
+            for r in REGIMENS}
+    return ChapterScores(
+        runs=runs, data=scored, reader=scored_reader,
+        scores={r: attention_at(preset, run.path, scored, scored_reader, select_on) for r, run in runs.items()},
+        scores_training={r: attention_at(preset, run.path, scored, scored_reader, select_on, size="training")
+                         for r, run in runs.items()},
+        sizes=scoring_sizes(preset),
+        references=attention_references(preset, data, reader, maps_from, eval_data, eval_reader))

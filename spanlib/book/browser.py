@@ -417,3 +417,21 @@ def static_browser_figure(
         row_labels=list(runs),
         title=title or f"{sample.id}, {where}",
     )
+
+
+def regimens_on_film(browser: AttentionBrowser, runs: Mapping[str, Any], film: int = 0) -> Figure:
+    """One test film, each organ's head under each regimen the browser holds (the paper's Figure 5).
+
+    A SPAN run shows its assigned heads; a run without them the head that is
+    best on this film (:func:`spanlib.figures.attention.regimen_comparison`).
+
+    Args:
+        browser: the browser over the trained runs and the test films.
+        runs: regimen -> run handle (with ``.config``), for the assigned heads.
+        film: index into the browser's films.
+    """
+    sample = browser.dataset[film]
+    assigned = {r: dict(run.config.span.assigned_heads) for r, run in runs.items() if run.config.span.assigned_heads}
+    return viz.regimen_comparison(sample.image, {r: browser.attention(r, film, -1) for r in browser.runs},
+                                  sample.masks, assigned_heads=assigned,
+                                  organs=list(getattr(browser.dataset, "mask_names", None) or sample.masks))

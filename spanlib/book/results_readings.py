@@ -21,12 +21,18 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
+from spanlib.book.readings import self_distillation_reading
+from spanlib.book.summary import trained_runs
 from spanlib.core.checkpoint import read_log
 from spanlib.core.configs import REGIMENS, resolve
 from spanlib.eval.intervals import intervals_separate
+from spanlib.figures.training import tradeoff_curves
 
 LEVEL = 0.05
 """Two attention mAPs closer than this (points) are read as level, whatever their intervals (a run whose seeds
@@ -255,3 +261,42 @@ def coverage_settings(preset: str, paper: str = "span_deformable", extension: st
     same = "the same" if b.span.knowledge_maps == a.span.knowledge_maps else "other"
     return (f"In the `{preset}` preset, `{extension}` trains toward {same} maps as `{paper}` "
             f"({b.span.knowledge_maps.kind}) with " + "; ".join(changes) + ".")
+
+
+def paper_health_reading(health: Any) -> str:
+    """:func:`spanlib.book.readings.self_distillation_reading` of the health table, against the paper preset's run."""
+    paper = resolve("paper", "span_deformable")
+    return self_distillation_reading(health, paper.model.arch, paper.model.img_size, paper.optim.epochs)
+
+
+@dataclass
+class CoverageEvidence:
+    """What the coverage section reads: every trained run, the SPAN regimens' and ``dino_cxr``'s logs, the shares.
+
+    Attributes:
+        runs: :func:`spanlib.book.summary.trained_runs`.
+        spans: the SPAN regimens of the summary.
+        logs: :func:`run_logs` of ``spans`` and ``dino_cxr``.
+        shares: :func:`final_inside_shares` of the SPAN regimens.
+    """
+
+    runs: dict[str, Any]
+    spans: list[str]
+    logs: dict[str, dict[int, list]]
+    shares: dict[str, list[float]]
+
+
+def coverage_evidence(preset: str, summary: Mapping[str, Any], data: str | None = None,
+                      parts_data: str | None = None) -> CoverageEvidence:
+    """The runs :func:`spanlib.book.summary.build_summary` trained, and what :func:`coverage_reading` needs of them."""
+    runs = trained_runs(preset, summary["seeds"], data=data or None, parts_data=parts_data or None)
+    spans = [r for r in summary["regimens"] if r.startswith("span_")]
+    logs = run_logs(runs, [*spans, "dino_cxr"])
+    return CoverageEvidence(runs, spans, logs, final_inside_shares({r: logs[r] for r in spans}))
+
+
+def coverage_tradeoff(preset: str, evidence: CoverageEvidence, seed: int) -> Figure:
+    """:func:`spanlib.figures.training.tradeoff_curves` of one seed's SPAN runs beside ``dino_cxr`` and log K."""
+    return tradeoff_curves({r: evidence.logs[r][seed] for r in evidence.spans},
+                           {"dino_cxr": evidence.logs["dino_cxr"][seed]},
+                           log_k=math.log(resolve(preset, "dino_cxr").dino.out_dim))
