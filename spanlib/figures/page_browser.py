@@ -247,7 +247,7 @@ def _picture(data: BrowserData, width: int) -> tuple[Any, dict[str, Any]]:
         "kept_source": ColumnDataSource({"image": [np.full((grid, grid), np.nan)]}, name="kept_source"),
     }
     plot.image("image", x=0, y=0, dw=side, dh=side, source=parts["film_source"],
-               color_mapper=LinearColorMapper(palette=list(reversed(Greys256)), low=0, high=255))
+               color_mapper=LinearColorMapper(palette=list(Greys256), low=0, high=255))
     parts["heat_renderer"] = plot.image("image", x=0, y=0, dw=side, dh=side, source=parts["heat_source"],
                                         global_alpha=0.55, name="heat",
                                         color_mapper=LinearColorMapper(palette=Inferno256, low=0, high=1,
