@@ -15,6 +15,8 @@ other (both are ignored by git and keyed by preset).
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,8 @@ import jupytext
 import nbformat
 import pytest
 import yaml
+
+from headless import Chromium, chromium_path
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 1280, 2000
@@ -98,6 +102,8 @@ def built_book(tmp_path_factory, smoke_notebooks) -> dict:
     for bib in REPO.glob("*.bib"):
         shutil.copy(bib, root / bib.name)
     shutil.copytree(REPO / "book", root / "book")
+    if (REPO / "_static").is_dir():
+        shutil.copytree(REPO / "_static", root / "_static")
     (root / "spanlib").symlink_to(REPO / "spanlib", target_is_directory=True)
     (root / "data").mkdir()
     for item in (REPO / "data").iterdir():
@@ -179,3 +185,98 @@ def test_pages_render_in_headless_chromium(built_book, tmp_path):
         assert len(colours) > 500, f"{entry}: the screenshot has only {len(colours)} colours (blank page?)"
         white = {colour: count for count, colour in colours}.get((255, 255, 255), 0)
         assert white < 0.97 * WIDTH * HEIGHT, f"{entry}: the screenshot is almost all white"
+
+
+
+def _pages(built_book) -> list[tuple[str, Path]]:
+    return [(entry, built_book["html"] / f"{entry}.html") for entry in built_book["entries"]]
+
+
+TABLE = re.compile(r"<table\b.*?</table>", re.S | re.I)
+NAN_CELL = re.compile(r"<t[dh][^>]*>\s*(?:NaN|nan)\s*</t[dh]>")
+
+
+def test_no_table_shows_nan(built_book):
+    found = {}
+    for entry, page in _pages(built_book):
+        cells = [m.group(0) for table in TABLE.findall(page.read_text()) for m in NAN_CELL.finditer(table)]
+        if cells:
+            found[entry] = cells[:3]
+    assert not found, f"tables that show NaN (a dash where there is no value): {found}"
+
+
+# Every table's visible box: within the text column, or inside a box that scrolls (its row names fixed).
+TABLE_WIDTHS = """(() => {
+  const column = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  const right = column.getBoundingClientRect().right;
+  const out = [];
+  for (const table of document.querySelectorAll('article table')) {
+    let scroller = null, clipper = null;
+    for (let e = table.parentElement; e && e !== column; e = e.parentElement) {
+      const o = getComputedStyle(e).overflowX;
+      if (!scroller && (o === 'auto' || o === 'scroll')) scroller = e;
+      if (!scroller && !clipper && (o === 'hidden' || o === 'clip')) clipper = e;
+    }
+    const box = (scroller || table).getBoundingClientRect();
+    const wide = table.scrollWidth > (scroller || column).clientWidth + 1;
+    const head = table.querySelector('tbody th');
+    out.push({text: table.innerText.slice(0, 60), right: box.right, column: right, clipped: !!clipper && wide,
+              scrolls: !!scroller && table.scrollWidth > scroller.clientWidth + 1,
+              sticky: head ? getComputedStyle(head).position === 'sticky' : null});
+  }
+  return out;
+})()"""
+
+
+def _chromium_or_skip() -> None:
+    if chromium_path() is None:
+        pytest.skip("chromium not installed: apt-get install -y chromium (the .ci/run step) to look at the book")
+
+
+def test_no_table_overflows_its_column(built_book, tmp_path):
+    _chromium_or_skip()
+    bad, seen = {}, 0
+    with Chromium(tmp_path / "profile", width=WIDTH, height=1000) as page:
+        for entry, html in _pages(built_book):
+            page.load(html.as_uri())
+            for table in page.evaluate(TABLE_WIDTHS):
+                seen += 1
+                if table["right"] > table["column"] + 1 or table["clipped"]:
+                    bad.setdefault(entry, []).append(table)
+                elif table["scrolls"] and table["sticky"] is False:
+                    bad.setdefault(entry, []).append({**table, "why": "scrolls without fixed row names"})
+    assert seen, "no table found on any page"
+    assert not bad, f"tables that run past the text column or are cut: {bad}"
+
+
+BROWSER = "notebooks/04_attention"
+MODEL = "Bokeh.documents[0].get_model_by_name"
+
+
+def test_attention_browser_runs_in_the_built_page(built_book, tmp_path):
+    """The built page, opened from disk with no kernel: every control of the browser changes its picture."""
+    _chromium_or_skip()
+    assert BROWSER in built_book["entries"]
+    with Chromium(tmp_path / "profile", width=WIDTH, height=1000) as page:
+        page.load((built_book["html"] / f"{BROWSER}.html").as_uri())
+        page.wait_for(f"window.Bokeh && Bokeh.documents.length > 0 && {MODEL}('status') && {MODEL}('status').text")
+        page.evaluate("document.querySelector('.page-browser').scrollIntoView()")
+
+        def picture() -> bytes:
+            box = page.evaluate("(() => { const r = document.querySelector('.page-browser').getBoundingClientRect();"
+                                " return {x: r.x + window.scrollX, y: r.y + window.scrollY, w: r.width, h: r.height}; })()")
+            side = min(box["w"], box["h"])
+            assert side > 100, f"the browser's picture is {box}"
+            return page.screenshot({"x": box["x"], "y": box["y"], "width": side, "height": side})
+
+        regimens = page.evaluate(f"{MODEL}('regimen').options")
+        current = page.evaluate(f"{MODEL}('regimen').value")
+        other = next(r for r in regimens if r != current)
+        before = picture()
+        for name, value, what in (("film", 2, "value"), ("regimen", other, "value"), ("head", "1", "value"),
+                                  ("threshold", 0.6, "value"), ("overlay", [0], "active")):
+            page.evaluate(f"{MODEL}({json.dumps(name)}).{what} = {json.dumps(value)}")
+            after = picture()
+            assert after != before, f"changing {name} to {value!r} left the picture as it was"
+            before = after
+        assert other in page.evaluate(f"{MODEL}('status').text")

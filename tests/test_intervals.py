@@ -31,3 +31,34 @@ def test_intervals_separate_and_the_sentences():
     assert compare("span", high, "dino", low, "heart mAP").startswith("heart mAP: span is above dino by 10.0")
     assert "overlap: no ordering" in compare("span", close, "dino", low, "heart")
     assert "no ordering is claimed" in compare("span", seed_interval([60.0]), "dino", seed_interval([50.0]), "heart")
+
+
+def test_wilson_interval_stays_within_0_and_100():
+    from spanlib.eval.intervals import wilson_interval
+
+    for share, n in ((0.0, 8), (100.0, 8), (12.5, 8), (50.0, 200), (99.0, 3)):
+        lo, hi = wilson_interval(share, n)
+        assert 0.0 <= lo <= share <= hi <= 100.0
+    lo, hi = wilson_interval(0.0, 8)
+    assert lo == 0.0 and hi > 0.0  # not degenerate at the edge, as a t interval of identical seeds would be
+    # the textbook value: 8 of 20 films, 95% -> [21.9, 61.3] (Wilson 1927; Newcombe 1998, method 3)
+    lo, hi = wilson_interval(40.0, 20)
+    assert lo == pytest.approx(21.88, abs=0.01) and hi == pytest.approx(61.34, abs=0.01)
+    assert wilson_interval(50.0, 400)[1] - wilson_interval(50.0, 400)[0] < wilson_interval(50.0, 25)[1] - wilson_interval(50.0, 25)[0]
+    with pytest.raises(ValueError):
+        wilson_interval(101.0, 10)
+    with pytest.raises(ValueError):
+        wilson_interval(50.0, 0)
+
+
+def test_share_interval_of_seeds_that_a_t_interval_would_push_below_0():
+    from spanlib.eval.intervals import seed_interval, share_interval
+
+    seeds = [0.0, 0.0, 25.0]  # a t interval over three seeds runs below 0
+    assert seed_interval(seeds)["ci95"][0] < 0
+    out = share_interval(seeds, n_films=8)
+    assert out["mean"] == pytest.approx(25 / 3) and out["seeds"] == seeds and out["films"] == 8
+    lo, hi = out["ci95"]
+    assert 0.0 <= lo < out["mean"] < hi <= 100.0
+    assert "Wilson" in out["interval"]
+    assert share_interval([math.nan], 8)["ci95"] is None

@@ -87,10 +87,10 @@ def _resolve_spec(spec: str | None) -> str | None:
     return str(candidate) if candidate.exists() else spec
 
 
-def _load_run(path: str | Path, map_spec: str | Path | None) -> _LoadedRun:
-    """A run's teacher backbone, its evaluation view and its knowledge-map source."""
+def _load_run(path: str | Path, map_spec: str | Path | None, size: int | None = None) -> _LoadedRun:
+    """A run's teacher backbone, its evaluation view (at ``size``, default the run's) and its knowledge-map source."""
     cfg, model, _ = load_backbone(path)
-    views = ViewMaker(cfg.views, cfg.model.img_size, (), cfg.model.in_chans)
+    views = ViewMaker(cfg.views, size or cfg.model.img_size, (), cfg.model.in_chans)
     organs = tuple(cfg.span.assigned_heads)
     spec = cfg.span.knowledge_maps if map_spec is None else _resolve_spec(str(map_spec))
     maps, note = None, ""
@@ -138,6 +138,9 @@ class AttentionBrowser:
             then from the repository root). Maps that cannot be read are
             not drawn and the status line says why.
         panel_size: side of the shown panel in inches.
+        size: the input side attention is read at (the preset's evaluation
+            size gives a finer grid than the training size: 16 x 16 patches
+            for the ``book`` preset instead of 8 x 8); default each run's own.
 
     Attributes:
         controls: ``run`` (Dropdown), ``image`` (IntSlider), ``head``
@@ -158,6 +161,7 @@ class AttentionBrowser:
         dataset: Sequence[Any],
         knowledge_maps: Mapping[str, str | Path] | None = None,
         panel_size: float = 4.0,
+        size: int | None = None,
     ) -> None:
         if not runs:
             raise ValueError("AttentionBrowser needs at least one run")
@@ -167,6 +171,7 @@ class AttentionBrowser:
         self.dataset = dataset
         self.knowledge_maps = dict(knowledge_maps or {})
         self.panel_size = panel_size
+        self.size = size
         self._loaded: dict[str, _LoadedRun] = {}
         self._attention_cache: dict[tuple[str, int, int], np.ndarray] = {}
         self._sample_cache: tuple[int, Any] | None = None
@@ -204,7 +209,7 @@ class AttentionBrowser:
     # ------------------------------------------------------------------ state
     def _run(self, name: str) -> _LoadedRun:
         if name not in self._loaded:
-            self._loaded[name] = _load_run(self.runs[name], self.knowledge_maps.get(name))
+            self._loaded[name] = _load_run(self.runs[name], self.knowledge_maps.get(name), self.size)
         return self._loaded[name]
 
     def _sample(self, index: int) -> Any:
@@ -359,6 +364,7 @@ def static_browser_figure(
     show_masks: bool = True,
     show_knowledge_map: bool = True,
     title: str | None = None,
+    size: int | None = None,
 ) -> Figure:
     """What the browser shows for one image, every run at once: the book's static twin.
 
@@ -375,6 +381,7 @@ def static_browser_figure(
         show_masks: draw the ground-truth outlines.
         show_knowledge_map: draw the knowledge maps of assigned heads (last block only).
         title: figure title (default: the sample id and block).
+        size: the input side attention is read at (default: each run's own).
 
     Returns:
         A figure with ``len(runs) * len(heads)`` axes.
@@ -391,7 +398,7 @@ def static_browser_figure(
     knowledge_maps = knowledge_maps or {}
     attentions, maps, assignments, blocks = [], [], [], set()
     for name, path in runs.items():
-        loaded = _load_run(path, knowledge_maps.get(name))
+        loaded = _load_run(path, knowledge_maps.get(name), size)
         depth = len(loaded.model.blocks)
         b = _normalise_block(block, depth)
         blocks.add(b)

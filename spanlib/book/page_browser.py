@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spanlib.book.attention import scoring_sizes
 from spanlib.book.browser import _knowledge_maps_by_head, _load_run
 from spanlib.eval.evaluate import extract
-from spanlib.figures.page_browser import BrowserData, Polylines, outlines, quantised
+from spanlib.figures.page_browser import BrowserData, PageBrowser, Polylines, outlines, page_browser, quantised
 
 
 def _resized(array: np.ndarray, side: int, mode: str) -> np.ndarray:
@@ -99,3 +100,26 @@ def browser_data(runs: Mapping[str, str | Path], films: Sequence[Any], size: int
         note=(f"{len(chosen)} test films, the last block's CLS attention at {side} px "
               f"({attention[0].shape[-1]} x {attention[0].shape[-1]} patches), every head of {len(runs)} regimens."),
     )
+
+
+def chapter_browser(preset: str, runs: Mapping[str, Any], films: Sequence[Any], n_films: int = 24,
+                    regimen: str = "span_deformable") -> PageBrowser:
+    """The attention chapter's page browser: every regimen's run, read at the preset's headline size.
+
+    Args:
+        preset: the preset (its evaluation size sets the grid).
+        runs: regimen -> run handle (with ``.path``), in the chapter's order.
+        films: the test films.
+        n_films: how many films, from the first.
+        regimen: the regimen shown first (the last one where absent).
+    """
+    size = scoring_sizes(preset)["headline"]
+    data = browser_data({r: run.path for r, run in runs.items()}, films, size, n_films)
+    return page_browser(data, regimen=regimen if regimen in data.regimens else None)
+
+
+def weight_sentence(browser: PageBrowser) -> str:
+    """What the browser adds to its page, in words: its whole size, and how much of it is data."""
+    total, data = browser.size_bytes, browser.data_bytes
+    return (f"The browser adds {total / 1e6:.2f} MB to this page: {data / 1e3:.0f} kB of films, attention and "
+            f"outlines, the rest Bokeh's JavaScript, carried in the page so that it works offline.")

@@ -6,7 +6,10 @@ pointing game per organ, the linear mAUC and how far DINO's loss got below
 log K; per few-label regimen the AUC at 4, 8, 16, 32 labels and with every
 label; each kind of knowledge map's Dice against the true masks; the shared
 start's report. Every number is ``{"mean", "ci95",
-"seeds"}`` (:func:`spanlib.eval.intervals.seed_interval`).
+"seeds"}`` (:func:`spanlib.eval.intervals.seed_interval`: Student's t over the
+seeds), but for the pointing game, a share of films, whose ``ci95`` is a
+Wilson score interval over the test films, within [0, 100]
+(:func:`spanlib.eval.intervals.share_interval`).
 
 :func:`build_ablations` runs the paper's two ablations on the chest films at
 one seed: the weight lambda of both terms over two orders of magnitude
@@ -40,8 +43,8 @@ from spanlib.core.configs import REGIMENS, load_preset, resolve
 from spanlib.core.mapspec import MAP_KINDS, MapSpec
 from spanlib.data import open_dataset
 from spanlib.eval.evaluate import evaluate
-from spanlib.eval.intervals import seed_interval
-from spanlib.eval.sets import split_of
+from spanlib.eval.intervals import seed_interval, share_interval
+from spanlib.eval.sets import split_of, test_set
 from spanlib.maps.quality import dice_scores
 from spanlib.maps.store import load_knowledge_maps
 
@@ -220,6 +223,7 @@ def build_summary(
     scored, eval_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
     parts, parts_reader = chapter_data(preset, "parts", parts_data, parts_reader)
 
+    n_films = len(test_set(open_dataset(eval_reader, scored), scored, None, eval_reader, {})[0])
     regimens: dict[str, dict] = {}
     for regimen in REGIMENS:
         per_seed = []
@@ -233,6 +237,9 @@ def build_summary(
                              "pointing": {o: s["pointing"] for o, s in att.items()},
                              "linear_mAUC": lin["mAUC"], "dino_loss_below_log_k": dino_gap(run)})
         regimens[regimen] = _interval_tree(per_seed)
+        # a share of films: a Wilson interval over the films, within [0, 100] (spanlib.eval.intervals)
+        regimens[regimen]["pointing"] = {o: share_interval(v["seeds"], n_films)
+                                         for o, v in regimens[regimen]["pointing"].items()}
 
     fewshot_seeds, kept = [], {}
     for seed in seeds:
