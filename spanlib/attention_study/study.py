@@ -17,6 +17,7 @@ import torch
 from spanlib.attention_study.config import StudyConfig, StudyPreset
 from spanlib.attention_study.scoring import EvalSet, head_summary
 from spanlib.attention_study.views import CanvasRenderer
+from spanlib.figures.tables import book_frame
 
 
 @dataclass
@@ -113,7 +114,7 @@ class StudyResults:
                 "attention on clutter, best head": s["clutter_mass_best_head"],
             })
         frame = pd.DataFrame(rows).set_index("variant")
-        return frame.round({c: 2 if c.startswith("attention on") else 1 for c in frame.columns})
+        return book_frame(frame.round({c: 2 if c.startswith("attention on") else 1 for c in frame.columns}))
 
     def per_head_table(self, metric: str = "ap", names: Sequence[str] | None = None) -> Any:
         """One metric per head (columns) and variant (rows), percent."""
@@ -123,7 +124,7 @@ class StudyResults:
         for name in names or list(self.variants):
             r = self.variants[name]
             data[r.label] = {f"head {h}": v for h, v in enumerate(r.head_means(metric))}
-        return pd.DataFrame(data).T.round(1)
+        return book_frame(pd.DataFrame(data).T.round(1))
 
     def headline(self) -> dict[str, dict[str, float]]:
         """Per variant: the summary numbers, rounded (for :func:`spanlib.book.runs.record`)."""

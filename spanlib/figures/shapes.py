@@ -1,4 +1,5 @@
-"""Tables of the attention-shapes chapter, over the study's variants (its readings: :mod:`spanlib.book.readings`).
+"""Tables of the attention-shapes chapter, over the study's variants (its readings: :mod:`spanlib.book.readings` and
+:mod:`spanlib.book.shapes_readings`).
 
 ``variants`` is :attr:`spanlib.attention_study.StudyResults.variants`: name ->
 a variant's result with ``label``, ``config`` (``loss``, ``batch_size``,
@@ -14,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from spanlib.figures.tables import book_frame
+
 
 def last_logged(log: Sequence[Mapping[str, Any]], key: str) -> float:
     """The last value of ``key`` in a log (NaN when never logged)."""
@@ -28,12 +31,12 @@ def chance_loss(config: Any) -> float:
 
 def loss_table(variants: Mapping[str, Any], names: Sequence[str]) -> pd.DataFrame:
     """Per trained variant: final loss, its chance level, NCE positive top-1, DINO teacher entropy, seconds."""
-    return pd.DataFrame([{"variant": variants[n].label, "final loss": last_logged(variants[n].log, "loss"),
+    return book_frame(pd.DataFrame([{"variant": variants[n].label, "final loss": last_logged(variants[n].log, "loss"),
                           "chance level": chance_loss(variants[n].config),
                           "NCE positive top-1": last_logged(variants[n].log, "positive_top1"),
                           "DINO teacher entropy": last_logged(variants[n].log, "teacher_entropy"),
                           "training seconds": variants[n].seconds}
-                         for n in names if variants[n].config.steps > 0]).set_index("variant")
+                         for n in names if variants[n].config.steps > 0]).set_index("variant"))
 
 
 VARIANT_FIELDS: tuple[str, ...] = ("loss", "views", "crops", "model.img_size", "model.patch_size", "steps")
@@ -42,6 +45,6 @@ VARIANT_FIELDS: tuple[str, ...] = ("loss", "views", "crops", "model.img_size", "
 
 def variants_table(variants: Mapping[str, Any], fields: Sequence[str] = VARIANT_FIELDS) -> pd.DataFrame:
     """Per variant (index, its label): the configuration fields that tell the variants apart, and the grid."""
-    return pd.DataFrame([{"variant": r.label, **{f.split(".")[-1]: attrgetter(f)(r.config) for f in fields},
+    return book_frame(pd.DataFrame([{"variant": r.label, **{f.split(".")[-1]: attrgetter(f)(r.config) for f in fields},
                           "grid": f"{r.config.grid}x{r.config.grid}"}
-                         for r in variants.values()]).set_index("variant")
+                         for r in variants.values()]).set_index("variant"))
