@@ -106,9 +106,6 @@ def test_browser_data_reads_the_last_block_at_the_evaluation_size(runs):
 
 
 # ------------------------------------------------------------------ the page, in headless Chromium
-needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium not installed: apt-get install -y "
-                                    "chromium (the .ci/run step) to drive the page browser")
-
 MODEL = "Bokeh.documents[0].get_model_by_name"
 
 
@@ -134,67 +131,72 @@ def set_control(page: Chromium, name: str, value: object, what: str = "value") -
     page.evaluate(f"{MODEL}({json.dumps(name)}).{what} = {json.dumps(value)}")
 
 
-def open_page(tmp_path, data: BrowserData, **kwargs) -> Chromium:
-    html = tmp_path / "browser.html"
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """One headless Chromium for the page tests (each test loads its own page)."""
+    if chromium_path() is None:
+        pytest.skip("chromium not installed: apt-get install -y chromium (the .ci/run step) to drive the page browser")
+    with Chromium(tmp_path_factory.mktemp("chromium") / "profile", width=900, height=600) as page:
+        yield page
+
+
+def open_page(page: Chromium, folder, data: BrowserData, **kwargs) -> Chromium:
+    html = folder / "browser.html"
     html.write_text(f"<!doctype html><html><body>{page_browser(data, **kwargs).html}</body></html>")
-    page = Chromium(tmp_path / "profile", width=900, height=600)
     page.load(html.as_uri())
     page.wait_for(f"window.Bokeh && Bokeh.documents.length > 0 && {MODEL}('status').text")
     return page
 
 
-@needs_chromium
-def test_the_page_redraws_on_every_control_with_no_kernel(tmp_path):
+def test_the_page_redraws_on_every_control_with_no_kernel(chromium, tmp_path):
     data = _toy_data()
-    with open_page(tmp_path, data, regimen="span") as page:
-        set_control(page, "overlay", [], "active")
-        bare = drawn(page)  # the film alone: white on its first rows, black on its last
-        assert bare[2: bare.shape[0] // 8].mean() > 250 and bare[-bare.shape[0] // 8: -2].mean() < 5, \
-            "the film's first rows (white) are not drawn at the top"
-        set_control(page, "overlay", [0, 1, 2], "active")
-        shots = {"start": picture(page)}
-        for name, value, what in (("film", 2, "value"), ("regimen", "dino", "value"), ("head", "2", "value"),
-                                  ("threshold", 0.6, "value"), ("overlay", [0], "active")):
-            set_control(page, name, value, what)
-            shot = picture(page)
-            assert shot != list(shots.values())[-1], f"changing {name} to {value!r} left the picture as it was"
-            shots[name] = shot
-        status = page.evaluate(f"{MODEL}('status').text")
-        assert "dino" in status and "film1" in status and "head 2" in status and "60%" in status
-        assert page.evaluate(f"{MODEL}('mask_source').data.xs.length") == 0  # true outlines switched off
+    page = open_page(chromium, tmp_path, data, regimen="span")
+    set_control(page, "overlay", [], "active")
+    bare = drawn(page)  # the film alone: white on its first rows, black on its last
+    assert bare[2: bare.shape[0] // 8].mean() > 250 and bare[-bare.shape[0] // 8: -2].mean() < 5, \
+        "the film's first rows (white) are not drawn at the top"
+    set_control(page, "overlay", [0, 1, 2], "active")
+    shots = {"start": picture(page)}
+    for name, value, what in (("film", 2, "value"), ("regimen", "dino", "value"), ("head", "2", "value"),
+                              ("threshold", 0.6, "value"), ("overlay", [0], "active")):
+        set_control(page, name, value, what)
+        shot = picture(page)
+        assert shot != list(shots.values())[-1], f"changing {name} to {value!r} left the picture as it was"
+        shots[name] = shot
+    status = page.evaluate(f"{MODEL}('status').text")
+    assert "dino" in status and "film1" in status and "head 2" in status and "60%" in status
+    assert page.evaluate(f"{MODEL}('mask_source').data.xs.length") == 0  # true outlines switched off
 
 
-@needs_chromium
-def test_the_page_names_assigned_heads_and_draws_their_maps(tmp_path):
+def test_the_page_names_assigned_heads_and_draws_their_maps(chromium, tmp_path):
     data = _toy_data()
-    with open_page(tmp_path, data, regimen="span") as page:
-        labels = page.evaluate(f"{MODEL}('head').options.map((o) => Array.isArray(o) ? o[1] : o)")
-        assert labels == ["0: left_lung", "1", "2"]
-        # an assigned head: its organ's outline alone, and its knowledge map
-        assert page.evaluate(f"{MODEL}('mask_source').data.xs.length") == len(data.mask_outlines[0]["left_lung"])
-        assert page.evaluate(f"{MODEL}('map_source').data.xs.length") == 1
-        set_control(page, "head", "1")  # a free head: every organ, no map
-        assert page.evaluate(f"{MODEL}('mask_source').data.xs.length") == 2
-        assert page.evaluate(f"{MODEL}('map_source').data.xs.length") == 0
-        set_control(page, "regimen", "dino")
-        assert page.evaluate(f"{MODEL}('head').options.map((o) => Array.isArray(o) ? o[1] : o)") == ["0", "1", "2"]
+    page = open_page(chromium, tmp_path, data, regimen="span")
+    labels = page.evaluate(f"{MODEL}('head').options.map((o) => Array.isArray(o) ? o[1] : o)")
+    assert labels == ["0: left_lung", "1", "2"]
+    # an assigned head: its organ's outline alone, and its knowledge map
+    assert page.evaluate(f"{MODEL}('mask_source').data.xs.length") == len(data.mask_outlines[0]["left_lung"])
+    assert page.evaluate(f"{MODEL}('map_source').data.xs.length") == 1
+    set_control(page, "head", "1")  # a free head: every organ, no map
+    assert page.evaluate(f"{MODEL}('mask_source').data.xs.length") == 2
+    assert page.evaluate(f"{MODEL}('map_source').data.xs.length") == 0
+    set_control(page, "regimen", "dino")
+    assert page.evaluate(f"{MODEL}('head').options.map((o) => Array.isArray(o) ? o[1] : o)") == ["0", "1", "2"]
 
 
-@needs_chromium
-def test_the_page_threshold_is_mass_threshold(tmp_path):
+def test_the_page_threshold_is_mass_threshold(chromium, tmp_path):
     data = _toy_data()
-    with open_page(tmp_path, data, regimen="span") as page:
-        for film, head, keep in ((0, 0, 0.6), (2, 1, 0.3), (1, 2, 0.9)):
-            set_control(page, "film", film + 1)
-            set_control(page, "head", str(head))
-            set_control(page, "threshold", keep)
-            kept = np.array(page.evaluate(f"Array.from({MODEL}('kept_source').data.image[0])"), dtype=float)
-            expected = mass_threshold(torch.tensor(data.attention[1, film, head], dtype=torch.float64)[None], keep)[0]
-            np.testing.assert_array_equal(~np.isnan(kept), expected.numpy().reshape(-1))
-        set_control(page, "threshold", 0.0)
-        heat = np.array(page.evaluate(f"Array.from({MODEL}('heat_source').data.image[0])"), dtype=float)
-        a = data.attention[1, 1, 2].astype(float).reshape(-1)
-        np.testing.assert_allclose(heat, (a - a.min()) / (a.max() - a.min()))
+    page = open_page(chromium, tmp_path, data, regimen="span")
+    for film, head, keep in ((0, 0, 0.6), (2, 1, 0.3), (1, 2, 0.9)):
+        set_control(page, "film", film + 1)
+        set_control(page, "head", str(head))
+        set_control(page, "threshold", keep)
+        kept = np.array(page.evaluate(f"Array.from({MODEL}('kept_source').data.image[0])"), dtype=float)
+        expected = mass_threshold(torch.tensor(data.attention[1, film, head], dtype=torch.float64)[None], keep)[0]
+        np.testing.assert_array_equal(~np.isnan(kept), expected.numpy().reshape(-1))
+    set_control(page, "threshold", 0.0)
+    heat = np.array(page.evaluate(f"Array.from({MODEL}('heat_source').data.image[0])"), dtype=float)
+    a = data.attention[1, 1, 2].astype(float).reshape(-1)
+    np.testing.assert_allclose(heat, (a - a.min()) / (a.max() - a.min()))
 
 
 def test_the_page_carries_no_network_reference():
