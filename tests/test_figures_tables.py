@@ -38,6 +38,28 @@ def test_attention_scores_table_sets_the_paper_beside_ours():
     assert math.isnan(table[table.regimen == "random"]["paper mAP (JSRT)"].iloc[0])
 
 
+def test_a_missing_value_shows_as_a_dash_and_stays_missing():
+    table = _attention_table()
+    assert isinstance(table, tables.BookFrame)
+    for shown in (table, table.round(1), table.set_index(["regimen", "organ"]).T,
+                  table.pivot(index="regimen", columns="organ", values=["mAP", "paper mAP (JSRT)"])):
+        assert isinstance(shown, tables.BookFrame)
+        html = shown._repr_html_()
+        assert "NaN" not in html and tables.MISSING in html and 'class="dataframe"' in html
+    assert math.isnan(table[table.regimen == "random"]["paper mAP (JSRT)"].iloc[0])  # the data are untouched
+    assert "NaN" in pd.DataFrame(table)._repr_html_()  # what pandas alone shows
+
+
+def test_the_ap_benchmark_table_shows_a_dash_for_scikit_learn_against_itself():
+    from spanlib.bench.ap import speed_table
+
+    result = {"general": {"ms_per_map_median": {"ours": 1.0, "sklearn": 4.0}, "speedup_vs_sklearn": {"ours": 4.0},
+                          "max_abs_diff_by_path": {"ours": 0.0}}, "threads": 1}
+    table = speed_table(result)
+    assert list(table["path"]) == ["ours", "sklearn"] and math.isnan(table.loc[1, "speedup vs scikit-learn"])
+    assert "NaN" not in table.round(4)._repr_html_()
+
+
 def test_linear_probe_table_and_per_finding():
     res = {"dino": {"mAUC": 60.0, "auc": {"a": 55.0, "b": 65.0}}, "random": {"mAUC": 50.0, "auc": {"a": 50.0, "b": 50.0}}}
     table = tables.linear_probe_table(res, {"DINO (CheX augm.)": 84.3}, ROWS)

@@ -260,3 +260,21 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def speed_table(result: dict[str, Any]) -> Any:
+    """One row per kind of map and path of :func:`measure`'s result: median ms per map, speed-up, largest AP error.
+
+    scikit-learn's own rows have no speed-up against itself and no error: they show a dash
+    (:class:`spanlib.figures.tables.BookFrame`).
+    """
+    import pandas as pd
+
+    from spanlib.figures.tables import book_frame
+
+    kinds = [k for k, v in result.items() if isinstance(v, dict) and "ms_per_map_median" in v]
+    return book_frame(pd.DataFrame(
+        [{"maps": kind, "path": path, "ms per map (median)": ms,
+          "speedup vs scikit-learn": result[kind]["speedup_vs_sklearn"].get(path, math.nan),
+          "max |AP - sklearn AP|": result[kind]["max_abs_diff_by_path"].get(path, math.nan)}
+         for kind in kinds for path, ms in result[kind]["ms_per_map_median"].items()]))

@@ -14,7 +14,10 @@ from typing import Any
 
 import pandas as pd
 
+from spanlib.figures.tables import book_table
 
+
+@book_table
 def runs_table(runs: Mapping[str, Any]) -> pd.DataFrame:
     """Per run: steps, training time, seconds per step, first and last loss, masks present in both views."""
     return pd.DataFrame({name: {"steps": run.summary["steps"], "training time (s)": run.summary["seconds"],
@@ -23,6 +26,7 @@ def runs_table(runs: Mapping[str, Any]) -> pd.DataFrame:
                          for name, run in runs.items()}).T
 
 
+@book_table
 def mask_quality_table(quality: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     """Segmentation (rows) by organ best-segment IoU, with their ``mean`` over the organs."""
     table = pd.DataFrame(quality).T
@@ -30,6 +34,7 @@ def mask_quality_table(quality: Mapping[str, Mapping[str, float]]) -> pd.DataFra
     return table
 
 
+@book_table
 def probe_table(probes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Per encoder: linear mAUC, segmentation mIoU and ``IoU <organ>``."""
     rows = {}
@@ -39,6 +44,7 @@ def probe_table(probes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+@book_table
 def probe_auc_table(probes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Encoder (rows) by finding: the linear probe's test AUC."""
     return pd.DataFrame({name: res["auc"] for name, res in probes.items()}).T

@@ -45,7 +45,7 @@ def book_frame(table: pd.DataFrame) -> BookFrame:
     return table if isinstance(table, BookFrame) else BookFrame(table)
 
 
-def _book_table(function: Callable[..., pd.DataFrame]) -> Callable[..., BookFrame]:
+def book_table(function: Callable[..., pd.DataFrame]) -> Callable[..., BookFrame]:
     @functools.wraps(function)
     def wrapped(*args: Any, **kwargs: Any) -> BookFrame:
         return book_frame(function(*args, **kwargs))
@@ -62,7 +62,7 @@ def _paper(paper: Mapping[str, Mapping[str, float]], organ: str, regimen: str, p
     return paper.get(organ, {}).get(paper_rows.get(regimen) or "", NAN)
 
 
-@_book_table
+@book_table
 def attention_scores_table(scores: Mapping[str, Mapping[str, Mapping[str, Any]]],
                            paper: Mapping[str, Mapping[str, float]], paper_rows: Mapping[str, str]) -> pd.DataFrame:
     """One row per regimen and organ: the attention scores of ``evaluate("attention")`` beside the paper's mAP.
@@ -83,7 +83,7 @@ def attention_scores_table(scores: Mapping[str, Mapping[str, Mapping[str, Any]]]
     return pd.DataFrame(rows)
 
 
-@_book_table
+@book_table
 def linear_probe_table(results: Mapping[str, Mapping[str, Any]], paper_mauc: Mapping[str, float],
                        paper_rows: Mapping[str, str]) -> pd.DataFrame:
     """Per regimen (index): mAUC, the paper's mAUC and ``AUC <finding>`` columns of ``evaluate("linear")``."""
@@ -95,13 +95,13 @@ def linear_probe_table(results: Mapping[str, Mapping[str, Any]], paper_mauc: Map
     return pd.DataFrame(rows).set_index("regimen")
 
 
-@_book_table
+@book_table
 def per_finding_auc(table: pd.DataFrame) -> pd.DataFrame:
     """The ``AUC <finding>`` columns of :func:`linear_probe_table`, named by finding."""
     return table[[c for c in table.columns if c.startswith("AUC ")]].rename(columns=lambda c: c[4:])
 
 
-@_book_table
+@book_table
 def summary_attention_rows(summary: Mapping[str, Any], paper: Mapping[str, Mapping[str, float]],
                            paper_rows: Mapping[str, str]) -> pd.DataFrame:
     """One row per regimen and organ: the summary's attention mAP (``this book``) and the paper's (``paper (JSRT)``)."""
@@ -113,7 +113,7 @@ def summary_attention_rows(summary: Mapping[str, Any], paper: Mapping[str, Mappi
     return pd.DataFrame(rows)
 
 
-@_book_table
+@book_table
 def summary_attention_table(rows: pd.DataFrame, regimens: Sequence[str]) -> pd.DataFrame:
     """:func:`summary_attention_rows` as regimens by (source, organ), in the order of ``regimens``."""
     return rows.pivot(index="regimen", columns="organ", values=["this book", "paper (JSRT)"]).loc[list(regimens)]
@@ -130,7 +130,7 @@ def paper_mean(paper: Mapping[str, Mapping[str, float]], row: str) -> float:
     return sum(organ[row] for organ in paper.values()) / len(paper)
 
 
-@_book_table
+@book_table
 def summary_linear_table(summary: Mapping[str, Any], paper_mauc: Mapping[str, float],
                          paper_rows: Mapping[str, str]) -> pd.DataFrame:
     """Per regimen: the summary's linear-probe mAUC (``this book``) and the paper's."""
@@ -140,7 +140,7 @@ def summary_linear_table(summary: Mapping[str, Any], paper_mauc: Mapping[str, fl
     )
 
 
-@_book_table
+@book_table
 def summary_fewshot_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     """Labelled parts (index: 4, 8, 16, 32, then ``all``) by regimen: the summary's few-label AUC (means)."""
     fewshot = pd.DataFrame({r: {n: summary_value(v) for n, v in res.items()} for r, res in summary["fewshot"].items()})
@@ -161,7 +161,7 @@ def interval_text(v: Any, digits: int = 1) -> str:
     return f"{v['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-@_book_table
+@book_table
 def summary_interval_table(summary: Mapping[str, Any], section: str = "regimens") -> pd.DataFrame:
     """Every headline number as ``mean [95% interval]`` text: regimens by metric.
 
@@ -181,7 +181,7 @@ def summary_interval_table(summary: Mapping[str, Any], section: str = "regimens"
     return pd.DataFrame(rows).T
 
 
-@_book_table
+@book_table
 def map_quality_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     """Per kind of knowledge map: its Dice against the true masks beside its SPAN run's attention mAP, per organ.
 
@@ -200,7 +200,7 @@ def map_quality_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     return table
 
 
-@_book_table
+@book_table
 def start_table(report: Mapping[str, Any]) -> pd.DataFrame:
     """The shared start's report as one column: steps, DINO loss against log K, teacher entropy, k-NN accuracy."""
     rows = {
@@ -219,7 +219,7 @@ def start_table(report: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({"shared start": rows})
 
 
-@_book_table
+@book_table
 def lambda_table(ablations: Mapping[str, Any]) -> pd.DataFrame:
     """The lambda sweep: validation mAP (the choice), test mAP per organ, pointing, DINO's loss gap."""
     rows = {}
@@ -233,7 +233,7 @@ def lambda_table(ablations: Mapping[str, Any]) -> pd.DataFrame:
     return table
 
 
-@_book_table
+@book_table
 def terms_table(ablations: Mapping[str, Any]) -> pd.DataFrame:
     """Inclusion only, exclusion only and both, each with the raw and the renormalised attention."""
     rows = {}
@@ -247,7 +247,7 @@ def terms_table(ablations: Mapping[str, Any]) -> pd.DataFrame:
     return table
 
 
-@_book_table
+@book_table
 def health_table(runs: Mapping[str, Any]) -> pd.DataFrame:
     """The last logged step of every trained run: steps, log K, DINO loss, teacher entropy, spread, inside share.
 
@@ -271,7 +271,7 @@ def health_table(runs: Mapping[str, Any]) -> pd.DataFrame:
 
 
 
-@_book_table
+@book_table
 def references_table(references: Mapping[str, Any]) -> pd.DataFrame:
     """The references of an attention table as rows by organ: the oracle, the mean mask, each map kind.
 
@@ -287,7 +287,7 @@ def references_table(references: Mapping[str, Any]) -> pd.DataFrame:
     return table
 
 
-@_book_table
+@book_table
 def attention_sizes_table(headline: Mapping[str, Mapping[str, Any]], training: Mapping[str, Mapping[str, Any]],
                           sizes: Mapping[str, int]) -> pd.DataFrame:
     """Attention mAP per regimen (rows) and organ, at the headline and at the training size (column groups).
@@ -310,7 +310,7 @@ def attention_sizes_table(headline: Mapping[str, Mapping[str, Any]], training: M
     return table
 
 
-@_book_table
+@book_table
 def summary_references_table(summary: Mapping[str, Any], size: str = "headline") -> pd.DataFrame:
     """:func:`references_table` of a summary at the ``headline`` or ``training`` grid (empty without references)."""
     refs = summary.get("attention_references" + ("" if size == "headline" else "_training"))
