@@ -183,3 +183,18 @@ def test_knowledge_maps_are_named_by_organ(browser, setup):
     for i, organ in enumerate(cfg.span.assigned_heads):
         np.testing.assert_array_equal(maps[organ], expected[i])
     assert browser.organ_maps("deep", 4) == {}, "a run without assigned heads has no maps"
+
+
+def test_a_larger_size_gives_a_finer_grid(setup):
+    """At the preset's evaluation size the browser reads the finer grid the headline scores use."""
+    runs = {"span": setup["runs"]["span"]}
+    coarse = AttentionBrowser(runs, setup["data"]).attention("span", 0, -1)
+    fine = AttentionBrowser(runs, setup["data"], size=64).attention("span", 0, -1)
+    assert coarse.shape[-2:] == (4, 4) and fine.shape[-2:] == (8, 8)
+    cfg, model, _ = load_backbone(runs["span"])
+    x = ViewMaker(cfg.views, 64, (), cfg.model.in_chans).evaluation_view(torch.from_numpy(setup["data"][0].image))
+    with torch.no_grad():
+        np.testing.assert_allclose(fine, cls_attention(model, x[None], block=-1)[0].numpy(), atol=1e-6)
+    figure = static_browser_figure(runs, setup["data"], index=0, size=64)
+    assert len(figure.axes) == fine.shape[0]
+    plt.close("all")
