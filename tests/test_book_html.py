@@ -261,6 +261,12 @@ def test_attention_browser_runs_in_the_built_page(built_book, tmp_path):
         page.load((built_book["html"] / f"{BROWSER}.html").as_uri())
         page.wait_for(f"window.Bokeh && Bokeh.documents.length > 0 && {MODEL}('status') && {MODEL}('status').text")
         page.evaluate("document.querySelector('.page-browser').scrollIntoView()")
+        fits = page.evaluate("(() => { const b = document.querySelector('.page-browser');"
+                             " const c = document.querySelector('article.bd-article') || document.body;"
+                             " return {right: b.getBoundingClientRect().right, column: c.getBoundingClientRect().right,"
+                             " content: b.scrollWidth, box: b.clientWidth}; })()")
+        assert fits["right"] <= fits["column"] + 1 and fits["content"] <= fits["box"] + 1, \
+            f"the browser does not fit the text column: {fits}"
 
         def picture() -> bytes:
             box = page.evaluate("(() => { const r = document.querySelector('.page-browser').getBoundingClientRect();"

@@ -20,6 +20,7 @@ stretched from the map's minimum to its maximum as
 from __future__ import annotations
 
 import json
+from html import escape as html_escape
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,9 @@ OVERLAYS = ("attention", "knowledge map", "true outlines")
 _TAB = {"tab:orange": "#ff7f0e", "tab:cyan": "#17becf", "tab:red": "#d62728", "tab:green": "#2ca02c",
         "tab:purple": "#9467bd", "tab:olive": "#bcbd22"}
 _CYCLE = ("#ff7f0e", "#17becf", "#d62728", "#2ca02c", "#9467bd", "#bcbd22")
+
+CONTROLS_WIDTH = 250
+"""Width of the controls' column in CSS pixels: with the picture's default 360, the browser fits a 640-pixel column."""
 
 Polylines = list[tuple[list[float], list[float]]]
 """Outlines of one region: ``(xs, ys)`` per closed line, in pixels of the shown film (x right, y down)."""
@@ -134,16 +138,21 @@ def _colour(name: str, seen: dict[str, str]) -> str:
     return colour
 
 
-def _meta(data: BrowserData) -> dict[str, Any]:
-    """Everything but the byte arrays, for the page's script (JSON)."""
+def _colours(data: BrowserData) -> dict[str, str]:
+    """Organ -> the colour of its true outline (the book's colours, as :mod:`spanlib.figures.attention` draws them)."""
     seen: dict[str, str] = {}
     organs = sorted({o for film in data.mask_outlines for o in film}
                     | {o for heads in data.organ_of_head.values() for o in heads.values()})
+    return {o: _colour(o, seen) for o in organs}
+
+
+def _meta(data: BrowserData) -> dict[str, Any]:
+    """Everything but the byte arrays, for the page's script (JSON)."""
     return {
         "side": data.side, "grid": data.grid, "films": len(data.film_ids), "heads": int(data.attention.shape[2]),
         "ids": list(data.film_ids), "regimens": list(data.regimens),
         "organs": [{str(h): o for h, o in data.organ_of_head.get(r, {}).items()} for r in data.regimens],
-        "colours": {o: _colour(o, seen) for o in organs},
+        "colours": _colours(data),
         "masks": [{o: [list(map(list, line)) for line in lines] for o, lines in film.items()} for film in data.mask_outlines],
         "maps": {k: [{o: [list(map(list, line)) for line in lines] for o, lines in film.items()} for film in films]
                  for k, films in data.map_outlines.items()},
@@ -213,21 +222,31 @@ status.text = `<b>${M.regimens[r]}</b>, film <b>${M.ids[f]}</b> (${f + 1} of ${N
 """
 
 
-def _controls(data: BrowserData, regimen: str, head: int, threshold: float) -> dict[str, Any]:
+def _controls(data: BrowserData, regimen: str, head: int, threshold: float, width: int) -> dict[str, Any]:
     from bokeh.models import CheckboxGroup, Div, Select, Slider
 
     heads = int(data.attention.shape[2])
     return {
         "film": Slider(start=1, end=max(len(data.film_ids), 2), value=1, step=1, title="film", name="film",
-                       disabled=len(data.film_ids) < 2),
-        "regimen": Select(title="regimen", value=regimen, options=list(data.regimens), name="regimen"),
-        "head": Select(title="head", value=str(head), options=[str(h) for h in range(heads)], name="head"),
+                       disabled=len(data.film_ids) < 2, width=width),
+        "regimen": Select(title="regimen", value=regimen, options=list(data.regimens), name="regimen", width=width),
+        "head": Select(title="head", value=str(head), options=[str(h) for h in range(heads)], name="head",
+                       width=width),
         "overlay": CheckboxGroup(labels=list(OVERLAYS), active=list(range(len(OVERLAYS))), name="overlay",
-                                 inline=True),
+                                 width=width),
         "threshold": Slider(start=0.0, end=0.95, value=threshold, step=0.05, title="threshold (0: heat map)",
-                            name="threshold"),
-        "status": Div(text="", name="status"),
+                            name="threshold", width=width),
+        "status": Div(text="", name="status", width=width),
     }
+
+
+def _legend(data: BrowserData) -> str:
+    """What the colours mean: each organ's true outline, the knowledge map, the kept patches."""
+    organs = ", ".join(f'<span style="color:{colour}">&#9632;</span> {html_escape(organ)}'
+                       for organ, colour in _colours(data).items())
+    return (f"True outlines: {organs}; dashed <span style=\"color:{KNOWLEDGE_MAP_COLOUR}\">&#9632;</span> the "
+            f"knowledge map of an assigned head; <span style=\"color:{KEPT_COLOUR}\">&#9632;</span> the patches "
+            "kept by the threshold.")
 
 
 def _picture(data: BrowserData, width: int) -> tuple[Any, dict[str, Any]]:
@@ -286,7 +305,7 @@ class PageBrowser:
 
 
 def page_browser(data: BrowserData, regimen: str | None = None, head: int = 0, threshold: float = 0.0,
-                 width: int = 420) -> PageBrowser:
+                 width: int = 360) -> PageBrowser:
     """The browser for the static page: Bokeh controls whose script redraws the picture with no kernel.
 
     Args:
@@ -294,7 +313,7 @@ def page_browser(data: BrowserData, regimen: str | None = None, head: int = 0, t
         regimen: the regimen shown first (default: the last of ``data.regimens``).
         head: the head shown first.
         threshold: the threshold shown first (0: heat map).
-        width: the picture's side in CSS pixels.
+        width: the picture's side in CSS pixels (the controls take :data:`CONTROLS_WIDTH` more).
 
     Returns:
         A :class:`PageBrowser`.
@@ -317,7 +336,7 @@ def page_browser(data: BrowserData, regimen: str | None = None, head: int = 0, t
         raise ValueError(f"head {head} outside 0..{data.attention.shape[2] - 1}")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-    controls = _controls(data, regimen, head, threshold)
+    controls = _controls(data, regimen, head, threshold, CONTROLS_WIDTH)
     plot, parts = _picture(data, width)
     meta_json = json.dumps(_meta(data), separators=(",", ":"))
     redraw = CustomJS(args={**controls, **parts, "films": data.films.reshape(-1),
@@ -327,13 +346,13 @@ def page_browser(data: BrowserData, regimen: str | None = None, head: int = 0, t
     controls["overlay"].js_on_change("active", redraw)
     c = controls
     layout = row(plot, column(c["film"], c["regimen"], c["head"], c["threshold"], c["overlay"], c["status"],
-                              width=300), name="attention_browser")
+                              width=CONTROLS_WIDTH + 10), name="attention_browser")
     document = Document()
     document.add_root(layout)
     document.js_on_event(DocumentReady, redraw)
     script, div = components(layout)
     resources = bundle_for_objs_and_resources([layout], INLINE)
-    note = f'<p class="page-browser-note">{data.note}</p>' if data.note else ""
+    note = f'<p class="page-browser-note">{_legend(data)} {html_escape(data.note)}</p>'
     html = "\n".join([resources.scripts(), *(f"<style>{css}</style>" for css in resources.css_raw),
                       f'<div class="page-browser">{div}</div>', script, note])
     return PageBrowser(html=html, data_bytes=len(script.encode("utf-8")))
