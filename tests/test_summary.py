@@ -28,7 +28,9 @@ def test_summary_keeps_its_schema_with_intervals_over_seeds(summary):
     for regimen, res in summary["regimens"].items():
         assert set(res["attention_mAP"]) == {"left_lung", "right_lung", "heart"}
         assert all(_interval(v) for v in res["attention_mAP"].values())
-        assert all(_interval(v) and 0 <= v["mean"] <= 100 for v in res["pointing"].values())
+        for v in res["pointing"].values():  # a share of films: a Wilson interval over them, within [0, 100]
+            assert set(v) == {"mean", "ci95", "seeds", "films", "interval"} and len(v["seeds"]) == len(SEEDS)
+            assert 0 <= v["ci95"][0] <= v["mean"] <= v["ci95"][1] <= 100 and v["films"] > 0
         assert _interval(res["linear_mAUC"])
         lo, hi = res["linear_mAUC"]["ci95"]
         assert lo <= res["linear_mAUC"]["mean"] <= hi
