@@ -202,3 +202,20 @@ def test_the_page_threshold_is_mass_threshold(chromium, tmp_path):
 def test_the_page_carries_no_network_reference():
     html = page_browser(_toy_data()).html
     assert "<script src=" not in html and "cdn.bokeh.org" not in html
+
+
+def test_a_film_without_its_knowledge_map_is_named_not_fatal(runs, monkeypatch):
+    import spanlib.book.page_browser as module
+
+    real = module._knowledge_maps_by_head
+
+    def flaky(loaded, sample):
+        if sample.id == runs["films"][1].id:
+            raise KeyError(f"no map for {sample.id}")
+        return real(loaded, sample)
+
+    monkeypatch.setattr(module, "_knowledge_maps_by_head", flaky)
+    data = browser_data(runs["runs"], runs["films"], n_films=3)
+    kind = data.map_of_regimen["span_triangular"]
+    assert data.map_outlines[kind][1] == {} and data.map_outlines[kind][0]
+    assert "No knowledge map could be read for 1 film(s)" in data.note and runs["films"][1].id in data.note

@@ -47,6 +47,17 @@ def region_outlines(regions: Mapping[str, Any], side: int) -> dict[str, Polyline
             for name, region in regions.items()}
 
 
+def _map_outlines(loaded: Any, sample: Any, side: int, missing: list[str]) -> dict[str, Polylines]:
+    """Organ -> the outline of a run's knowledge map on one film; none (and the film named in ``missing``) when
+    the map cannot be read, as the ipywidgets browser does."""
+    try:
+        maps = _knowledge_maps_by_head(loaded, sample)
+    except (KeyError, ValueError, OSError) as error:
+        missing.append(f"{sample.id}: {error}")
+        return {}
+    return region_outlines({loaded.organ_of_head[h]: m for h, m in maps.items()}, side)
+
+
 def browser_data(runs: Mapping[str, str | Path], films: Sequence[Any], size: int | None = None,
                  n_films: int = 24) -> BrowserData:
     """Attention of every head of the last block under every regimen, on the first ``n_films`` films.
@@ -69,7 +80,7 @@ def browser_data(runs: Mapping[str, str | Path], films: Sequence[Any], size: int
     chosen = [films[i] for i in range(min(int(n_films), len(films)))]
     if not chosen:
         raise ValueError("browser_data needs at least one film")
-    attention, organ_of_head, map_outlines, map_of = [], {}, {}, {}
+    attention, organ_of_head, map_outlines, map_of, missing = [], {}, {}, {}, []
     keys: dict[str, str] = {}  # a map spec -> its name in the page (its kind: no folder of this machine goes there)
     side = None
     for regimen, path in runs.items():
@@ -82,9 +93,7 @@ def browser_data(runs: Mapping[str, str | Path], films: Sequence[Any], size: int
             kind = keys.setdefault(str(spec), f"{getattr(spec, 'kind', 'maps')}-{len(keys)}")
             map_of[regimen] = kind
             if kind not in map_outlines:
-                map_outlines[kind] = [
-                    region_outlines({loaded.organ_of_head[h]: m for h, m in _knowledge_maps_by_head(loaded, s).items()},
-                                    side) for s in chosen]
+                map_outlines[kind] = [_map_outlines(loaded, s, side, missing) for s in chosen]
     shapes = {a.shape for a in attention}
     if len(shapes) != 1:
         raise ValueError(f"the runs give attention of different shapes {sorted(shapes)}: browse them separately")
@@ -98,7 +107,8 @@ def browser_data(runs: Mapping[str, str | Path], films: Sequence[Any], size: int
         map_outlines=map_outlines,
         map_of_regimen=map_of,
         note=(f"{len(chosen)} test films, the last block's CLS attention at {side} px "
-              f"({attention[0].shape[-1]} x {attention[0].shape[-1]} patches), every head of {len(runs)} regimens."),
+              f"({attention[0].shape[-1]} x {attention[0].shape[-1]} patches), every head of {len(runs)} regimens."
+              + (f" No knowledge map could be read for {len(missing)} film(s) ({missing[0]})." if missing else "")),
     )
 
 
