@@ -220,6 +220,7 @@ def test_coverage_settings_are_read_from_the_configs():
     assert book.startswith("In the `book` preset, `span_coverage` trains toward the same maps as `span_deformable` "
                            "(deformable) with the terms' weights coverage 20, inclusion 0, exclusion 0 "
                            "(`span_deformable`: coverage 0, inclusion 50, exclusion 50)")
-    assert "stepped at 30 times the learning rate" in book and "batch 16 against 32, so 2 times the steps" in book
+    assert "stepped at 30 times the learning rate (`span_deformable`: 10)" in book
+    assert "batch 16 against 32, so 2 times the steps" in book and "3 epochs against 2" in book
     paper = rr.coverage_settings("paper")
     assert "times the learning rate" not in paper and "batch" not in paper

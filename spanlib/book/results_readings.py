@@ -272,10 +272,15 @@ def coverage_settings(preset: str, paper: str = "span_deformable", extension: st
     changes = [f"the terms' weights {weights(b.span)} (`{paper}`: {weights(a.span)})"]
     if b.span.attention_lr_scale != a.span.attention_lr_scale:
         changes.append(f"the last block's query/key/value projection and the position embedding stepped at "
-                       f"{b.span.attention_lr_scale:g} times the learning rate")
+                       f"{b.span.attention_lr_scale:g} times the learning rate (`{paper}`: "
+                       f"{a.span.attention_lr_scale:g})")
     if b.optim.batch_size != a.optim.batch_size:
         changes.append(f"batch {b.optim.batch_size} against {a.optim.batch_size}, so "
                        f"{a.optim.batch_size / b.optim.batch_size:g} times the steps over the same films")
+    if b.optim.epochs != a.optim.epochs:
+        changes.append(f"{b.optim.epochs} epochs against {a.optim.epochs}")
+    if len(changes) == 1:
+        changes.append("the same steps and learning rates")
     same = "the same" if b.span.knowledge_maps == a.span.knowledge_maps else "other"
     return (f"In the `{preset}` preset, `{extension}` trains toward {same} maps as `{paper}` "
             f"({b.span.knowledge_maps.kind}) with " + "; ".join(changes) + ".")
