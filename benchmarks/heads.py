@@ -13,7 +13,11 @@ Usage (after `make book` made the data, the maps and the start)::
         --variant "paper-l50-e2: span.lambda_inclusion=50 span.lambda_exclusion=50" \\
         --variant "cov5-e2: span.lambda_inclusion=0 span.lambda_exclusion=0 span.lambda_coverage=5"
 
-Each variant is ``name: key=value ...`` (dotted config overrides).
+Each variant is ``name: key=value ...`` (dotted config overrides). With
+``--seeds-table OUT...`` it prints, instead, one Markdown row per folder of
+``<regimen>-s<seed>/results.json`` runs: the test mAP at the evaluation size
+as mean and 95% t interval over the seeds (``spanlib.eval.intervals``, as the
+book), DINO's final loss and the inside share, each a mean over the seeds.
 """
 
 from __future__ import annotations
@@ -72,16 +76,42 @@ def scale_also(prefixes: list[str]) -> None:
     dino.param_groups = widened
 
 
+def seeds_table(folders: list[Path], eval_size: int = 128) -> str:
+    """One Markdown row per (folder, regimen): seeds' mean and 95% interval, as the book reports them."""
+    from statistics import mean
+
+    from spanlib.eval.intervals import seed_interval
+
+    lines = []
+    for folder in folders:
+        by_regimen: dict[str, list[dict]] = {}
+        for result in sorted(folder.glob("*-s*/results.json")):
+            regimen = result.parent.name.rsplit("-s", 1)[0]
+            by_regimen.setdefault(regimen, []).extend(json.loads(result.read_text())["runs"].values())
+        for regimen, rows in by_regimen.items():
+            cells = []
+            for organ in ("left_lung", "right_lung", "heart"):
+                iv = seed_interval([r[f"test_eval{eval_size}"][organ] for r in rows])
+                cells.append(f"{iv['mean']:.1f} [{iv['ci95'][0]:.1f}, {iv['ci95'][1]:.1f}]")
+            lines.append(f"| {folder.name} | {regimen} | {len(rows)} | " + " | ".join(cells)
+                         + f" | {mean(r['dino_loss'] for r in rows):.2f} | {mean(r['inside_share'] for r in rows):.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="a built book (data, maps, start)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="where the runs go (not needed with --seeds-table)")
     parser.add_argument("--regimen", default="span_deformable")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-size", type=int, default=128)
     parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--seeds-table", nargs="*", type=Path, default=None, help="folders of finished runs to tabulate")
     parser.add_argument("--scale-also", nargs="*", default=[], help="more parameter prefixes the lr scale applies to")
     args = parser.parse_args()
+    if args.seeds_table is not None:
+        print(seeds_table(args.seeds_table, args.eval_size))
+        return
     if args.scale_also:
         scale_also(args.scale_also)
     root = args.root.resolve()

@@ -12,6 +12,7 @@ import matplotlib
 import pytest
 
 from spanlib.book import results_readings as rr
+from spanlib.book.summary import choose_lambda
 from spanlib.figures import results, tables, training
 from spanlib.figures.style import BookFigure
 
@@ -114,7 +115,8 @@ def test_coverage_reading_says_when_the_extension_beats_the_papers_loss():
     text = rr.coverage_reading(_summary(), {"span_deformable": [0.4, 0.5], "span_coverage": 0.8})
     assert "- heart: `span_coverage` 50.0, `span_deformable` 30.0 (+20.0, intervals separate)" in text
     assert "2.90 nats below log K with `span_deformable`, 2.50 with `span_coverage` and 3.00 with `dino_cxr`" in text
-    assert "`span_deformable` at most 0.5 nats short of `dino_cxr`; `span_coverage` at most 0.5 nats short" in text
+    assert ("`span_deformable` 0.10 nats short of `dino_cxr` (within the 0.5-nat bar); `span_coverage` 0.50 nats "
+            "short of `dino_cxr` (within the 0.5-nat bar)") in text
     assert "put `span_deformable` 45.0% and `span_coverage` 80.0% of their attention inside" in text
     assert text.endswith("beats the paper's loss on every organ, with separate intervals. `span_coverage` keeps "
                          "DINO's objective within the bar.")
@@ -124,7 +126,9 @@ def test_coverage_reading_says_plainly_when_it_does_not():
     mixed = rr.coverage_reading(_summary(coverage=(70.0, 63.5, 20.0), coverage_gap=2.0), {})
     assert "- right_lung: `span_coverage` 63.5, `span_deformable` 64.0 (-0.5, intervals overlap)" in mixed
     assert "inside their maps" not in mixed
-    assert "`span_coverage` more than 0.5 nats short of `dino_cxr`" in mixed
+    assert "`span_coverage` 1.00 nats short of `dino_cxr` (more than the 0.5-nat bar)" in mixed
+    ahead = rr.coverage_reading(_summary(coverage_gap=3.4), {})
+    assert "`span_coverage` 0.40 nats further below log K than `dino_cxr`" in ahead and "`span_coverage` 0.40 nats short" not in ahead
     assert mixed.endswith("does not beat the paper's loss on every organ: above with separate intervals on 1 of 3, "
                           "below on 1. `span_coverage` costs DINO's objective more than the 0.5-nat bar.")
     worse = rr.coverage_reading(_summary(coverage=(50.0, 50.0, 20.0)), {})
@@ -151,6 +155,17 @@ def test_lambda_sweep_reading_says_where_the_choice_falls(chosen, says):
     assert text.startswith(f"The sweep runs lambda from 0.5 to 500 (4 values); validation chooses {chosen:g} (41.0 mAP)")
     assert says in text
     assert "the only value swept" in rr.lambda_sweep_reading(_ablations(5.0, (5.0,)))
+
+
+def test_lambda_sweep_reading_names_the_plateau_the_choice_stands_on():
+    rows = [{"lambda": lam, "val_mAP": v} for lam, v in ((0.5, 20.0), (5.0, 30.1), (50.0, 30.6), (500.0, 30.7))]
+    chosen = choose_lambda(rows)
+    assert chosen == 5.0 and choose_lambda(rows, plateau=0.05) == 500.0
+    text = rr.lambda_sweep_reading({"lambda": rows, "lambda_chosen": chosen, "lambda_plateau": 1.0})
+    assert ("validation chooses 5 (30.1 mAP), the smallest weight within 1 points of the best (30.7 at 500; "
+            "3 of the 4 weights score within it), inside the swept range.") in text
+    with pytest.raises(ValueError, match="no rows"):
+        choose_lambda([])
 
 
 def test_reference_and_size_tables():
@@ -205,6 +220,7 @@ def test_coverage_settings_are_read_from_the_configs():
     assert book.startswith("In the `book` preset, `span_coverage` trains toward the same maps as `span_deformable` "
                            "(deformable) with the terms' weights coverage 20, inclusion 0, exclusion 0 "
                            "(`span_deformable`: coverage 0, inclusion 50, exclusion 50)")
-    assert "stepped at 30 times the learning rate" in book and "batch 16 against 32, so 2 times the steps" in book
+    assert "stepped at 30 times the learning rate (`span_deformable`: 10)" in book
+    assert "batch 16 against 32, so 2 times the steps" in book and "3 epochs against 2" in book
     paper = rr.coverage_settings("paper")
     assert "times the learning rate" not in paper and "batch" not in paper

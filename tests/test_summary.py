@@ -93,7 +93,9 @@ def test_ablations_choose_lambda_on_validation_and_cover_every_term_setting():
     result = build_ablations("smoke")
     assert [row["lambda"] for row in result["lambda"]] == [0.05, 0.5, 5.0, 50.0]
     best = max(result["lambda"], key=lambda row: row["val_mAP"])
-    assert result["lambda_chosen"] == best["lambda"]
+    assert result["lambda_best"] == best["lambda"]
+    on_plateau = [r["lambda"] for r in result["lambda"] if r["val_mAP"] >= best["val_mAP"] - result["lambda_plateau"]]
+    assert result["lambda_chosen"] == min(on_plateau)
     assert {(r["terms"], r["renormalize"]) for r in result["terms"]} == {
         (t, r) for t in ("both", "inclusion", "exclusion") for r in (True, False)}
     names = {p.name for p in (runs_dir("smoke") / "span_triangular").iterdir()}

@@ -175,6 +175,14 @@ def _mean(values: float | Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
+def _against_bar(regimen: str, ahead: float, bar: str, nats: float) -> str:
+    """One regimen's DINO loss against the bar's: ``ahead`` nats further below log K (negative: short of it)."""
+    if ahead >= 0:
+        return f"`{regimen}` {ahead:.2f} nats further below log K than `{bar}`"
+    within = "within" if -ahead <= nats else "more than"
+    return f"`{regimen}` {-ahead:.2f} nats short of `{bar}` ({within} the {nats:g}-nat bar)"
+
+
 def coverage_reading(summary: Mapping[str, Any], inside_share: Mapping[str, float | Sequence[float]],
                      paper: str = "span_deformable", extension: str = "span_coverage", bar: str = "dino_cxr",
                      nats: float = DINO_BAR_NATS) -> str:
@@ -207,7 +215,7 @@ def coverage_reading(summary: Mapping[str, Any], inside_share: Mapping[str, floa
     kept = {r: gaps[r] >= gaps[bar] - nats for r in (paper, extension)}
     dino = (f"DINO's loss ends {gaps[paper]:.2f} nats below log K with `{paper}`, {gaps[extension]:.2f} with "
             f"`{extension}` and {gaps[bar]:.2f} with `{bar}`: "
-            + "; ".join(f"`{r}` {'at most' if kept[r] else 'more than'} {nats:g} nats short of `{bar}`" for r in kept) + ".")
+            + "; ".join(_against_bar(r, gaps[r] - gaps[bar], bar, nats) for r in kept) + ".")
     shares = [f"`{r}` {100 * _mean(inside_share[r]):.1f}%" for r in (paper, extension) if r in inside_share]
     inside = ("At the end of training the assigned heads put " + " and ".join(shares)
               + " of their attention inside their maps." if shares else "")
@@ -228,15 +236,25 @@ def coverage_reading(summary: Mapping[str, Any], inside_share: Mapping[str, floa
 
 
 def lambda_sweep_reading(ablations: Mapping[str, Any]) -> str:
-    """The lambda chosen on validation, and whether it lies at an edge of the swept range (Markdown)."""
+    """The lambda chosen on validation, the plateau it stands on, and whether it lies at an edge of the range (Markdown).
+
+    The choice is :func:`spanlib.book.summary.choose_lambda`'s: the smallest
+    lambda within ``lambda_plateau`` points of the best validation mAP.
+    """
     rows = sorted(ablations["lambda"], key=lambda r: r["lambda"])
     chosen = ablations["lambda_chosen"]
     row = next(r for r in rows if r["lambda"] == chosen)
+    best = max(rows, key=lambda r: r["val_mAP"])
     lo, hi = rows[0]["lambda"], rows[-1]["lambda"]
     text = (f"The sweep runs lambda from {lo:g} to {hi:g} ({len(rows)} values); validation chooses {chosen:g} "
             f"({row['val_mAP']:.1f} mAP), ")
     if len(rows) == 1:
         return text + "the only value swept: the sweep says nothing about the choice."
+    plateau = ablations.get("lambda_plateau")
+    if plateau is not None and best["lambda"] != chosen:
+        on = [r["lambda"] for r in rows if r["val_mAP"] >= best["val_mAP"] - plateau]
+        text += (f"the smallest weight within {plateau:g} points of the best ({best['val_mAP']:.1f} at "
+                 f"{best['lambda']:g}; {len(on)} of the {len(rows)} weights score within it), ")
     if chosen == lo:
         return text + "the smallest value swept: the best lambda may lie below the range."
     if chosen == hi:
@@ -254,10 +272,15 @@ def coverage_settings(preset: str, paper: str = "span_deformable", extension: st
     changes = [f"the terms' weights {weights(b.span)} (`{paper}`: {weights(a.span)})"]
     if b.span.attention_lr_scale != a.span.attention_lr_scale:
         changes.append(f"the last block's query/key/value projection and the position embedding stepped at "
-                       f"{b.span.attention_lr_scale:g} times the learning rate")
+                       f"{b.span.attention_lr_scale:g} times the learning rate (`{paper}`: "
+                       f"{a.span.attention_lr_scale:g})")
     if b.optim.batch_size != a.optim.batch_size:
         changes.append(f"batch {b.optim.batch_size} against {a.optim.batch_size}, so "
                        f"{a.optim.batch_size / b.optim.batch_size:g} times the steps over the same films")
+    if b.optim.epochs != a.optim.epochs:
+        changes.append(f"{b.optim.epochs} epochs against {a.optim.epochs}")
+    if len(changes) == 1:
+        changes.append("the same steps and learning rates")
     same = "the same" if b.span.knowledge_maps == a.span.knowledge_maps else "other"
     return (f"In the `{preset}` preset, `{extension}` trains toward {same} maps as `{paper}` "
             f"({b.span.knowledge_maps.kind}) with " + "; ".join(changes) + ".")

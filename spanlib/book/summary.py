@@ -276,6 +276,29 @@ TERMS = ("both", "inclusion", "exclusion")
 """SPAN's terms in the appendix ablation."""
 
 
+LAMBDA_PLATEAU = 1.0
+"""Validation mAP points within which a lambda counts as on the best one's plateau (:func:`choose_lambda`)."""
+
+
+def choose_lambda(sweep: list[dict[str, Any]], plateau: float = LAMBDA_PLATEAU) -> float:
+    """The smallest lambda whose validation mAP is within ``plateau`` points of the sweep's best.
+
+    Where the score levels off, the arg-max is a coin toss among weights that
+    score alike, and the largest of them lets the prior take most of the step
+    from DINO; the smallest weight on the plateau is the choice that the data
+    support (the one-standard-error habit of model selection, with a stated
+    tolerance in place of an error bar a single seed cannot give).
+
+    Args:
+        sweep: rows with ``lambda`` and ``val_mAP``.
+        plateau: tolerance in mAP points.
+    """
+    if not sweep:
+        raise ValueError("the lambda sweep has no rows to choose from")
+    best = max(row["val_mAP"] for row in sweep)
+    return min(row["lambda"] for row in sweep if row["val_mAP"] >= best - plateau)
+
+
 def ablation_settings(preset: str) -> dict[str, Any]:
     """The preset's ``ablations`` section: ``regimen``, ``lambdas``, ``seed``, ``epochs`` (None: the preset's)."""
     section = load_preset(preset).get("ablations")
@@ -291,7 +314,7 @@ def build_ablations(preset: str) -> dict[str, Any]:
 
         {"regimen", "seed",
          "lambda": [{"lambda", "val_mAP", "test_mAP": {organ}, "pointing": {organ}, "dino_loss_below_log_k"}],
-         "lambda_chosen": the lambda with the best val_mAP,
+         "lambda_chosen": :func:`choose_lambda` of the sweep, "lambda_best": the lambda with the best val_mAP,
          "terms": [{"terms", "renormalize", "val_mAP", "test_mAP": {organ}, ...}]}
 
     The terms rows use the preset's lambda, so that "both, renormalised" is
@@ -321,7 +344,7 @@ def build_ablations(preset: str) -> dict[str, Any]:
         return None if headline and lam == default.lambda_inclusion else lam
 
     sweep = [{"lambda": lam, **scored(lambda_span=lambda_key(lam), epochs=epochs)} for lam in lambdas]
-    chosen = max(sweep, key=lambda row: row["val_mAP"])["lambda"]
+    chosen = choose_lambda(sweep)
     by_lambda = {row["lambda"]: row for row in sweep}
 
     def term_row(t: str, r: bool) -> dict[str, Any]:
@@ -332,7 +355,8 @@ def build_ablations(preset: str) -> dict[str, Any]:
 
     terms = [{"terms": t, "renormalize": r, **term_row(t, r)} for t in TERMS for r in (True, False)]
     result = {"regimen": regimen, "seed": seed, "epochs": epochs, "preset_lambda": default.lambda_inclusion,
-              "lambda": sweep, "lambda_chosen": chosen, "terms": terms}
+              "lambda": sweep, "lambda_chosen": chosen, "lambda_plateau": LAMBDA_PLATEAU,
+              "lambda_best": max(sweep, key=lambda row: row["val_mAP"])["lambda"], "terms": terms}
     out = runs_dir(preset) / "ablations.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -214,8 +214,8 @@ REGIMENS = ("random", "dino_start", "dino", "dino_cxr", "span_triangular", "span
 set pooled (chest phantoms included), the book's counterpart of the paper's ImageNet "DINO" row; ``dino`` continues
 it with DINO's own views on chest films, ``dino_cxr`` with the chest views; the three SPAN regimens of the paper add
 its regularizer with one kind of knowledge map each; ``span_coverage`` is the book's extension, not the paper's
-method: the deformable maps with the coverage term (:func:`spanlib.model.span.coverage_loss`) and a faster step
-for the assigned heads (``span.attention_lr_scale``)."""
+method: the deformable maps with the coverage term (:func:`spanlib.model.span.coverage_loss`). How fast the assigned
+heads' projection and the position embedding step (``span.attention_lr_scale``) is a preset's setting."""
 
 
 def preset_names() -> list[str]:
