@@ -167,6 +167,8 @@ def test_a_span_run_with_an_attention_lr_scale_steps_its_last_qkv_and_position_e
     last = len(trainer.student.backbone.blocks) - 1
     assert scaled == sorted([f"backbone.blocks.{last}.attn.qkv.bias", f"backbone.blocks.{last}.attn.qkv.weight",
                              "backbone.pos_embed"])
-    plain = Pretrainer(resolve("smoke", "span_deformable", {"span.knowledge_maps": {"kind": "masks"}}),
+    plain = Pretrainer(resolve("paper", "span_deformable", {"span.knowledge_maps": {"kind": "masks"},
+                                                           "model": cfg.model, "dino": cfg.dino}),
                        tmp_path / "plain", samples=toy_samples())
-    assert len(plain.optimizer.param_groups) == 2  # the paper's regimens: DINO's two groups, as before
+    assert plain.cfg.span.attention_lr_scale == 1.0
+    assert len(plain.optimizer.param_groups) == 2  # one rate (the paper preset): DINO's two groups, as before
