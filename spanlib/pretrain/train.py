@@ -303,8 +303,9 @@ class Pretrainer:
         """DINO's per-iteration schedules: learning rate (scaled by the total batch), weight decay, teacher momentum."""
         optim = self.cfg.optim
         total_batch = optim.batch_size * optim.accum_steps * self.rt.world
+        peak = optim.lr * total_batch / 256 if optim.lr_batch_scaling else optim.lr
         return Schedules(
-            lr=D.cosine_scheduler(optim.lr * total_batch / 256, optim.min_lr, optim.epochs, steps_per_epoch,
+            lr=D.cosine_scheduler(peak, optim.min_lr, optim.epochs, steps_per_epoch,
                                   optim.warmup_epochs),
             weight_decay=D.cosine_scheduler(optim.weight_decay, optim.weight_decay_end, optim.epochs, steps_per_epoch),
             momentum=D.cosine_scheduler(self.cfg.dino.momentum_teacher, 1.0, optim.epochs, steps_per_epoch),
