@@ -186,6 +186,7 @@ class Pretrainer:
             hint="Lower optim.lr or raise optim.warmup_epochs.",
             runtime=self.rt,
             log=self.log,
+            scaler=self.rt.grad_scaler(),
         )
 
     def _start_from(self, init_from: str) -> torch.Tensor:
@@ -361,7 +362,7 @@ class Pretrainer:
                         terms = self._span_terms(attention, batch)
                         loss = loss + terms.loss
                         diag["inside_share"] = diag.get("inside_share", 0.0) + terms.inside_share.item() / len(micro_batches)
-                (loss / len(micro_batches)).backward()
+                self.engine.backward(loss / len(micro_batches))
             teacher_outputs.append(teacher_logits.detach())
             totals["loss"] += loss.item() / len(micro_batches)
             totals["dino_loss"] += dino_loss.item() / len(micro_batches)
