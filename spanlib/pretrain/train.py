@@ -328,10 +328,11 @@ class Pretrainer:
         with torch.no_grad():
             feats = F.normalize(features[: images * 2].float(), dim=-1)
             embed_std = (feats.std(dim=0).mean() * math.sqrt(feats.shape[-1])).item()
+        losses = self._mean_over_ranks(result.losses)
         teacher_outputs = result.teacher_outputs or []
         ent, ent_mean = D.output_entropy(teacher_outputs[-1], self.loss_fn.center, self.loss_fn.teacher_temp(epoch))
         return {
-            **result.losses,
+            **losses,
             **result.record,
             **self.engine.schedules.values(it),
             "teacher_temp": self.loss_fn.teacher_temp(epoch),
@@ -339,6 +340,16 @@ class Pretrainer:
             "teacher_mean_entropy": ent_mean,
             "embed_std": embed_std,
         }
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """The step's losses averaged over the DDP ranks (each rank's are of its share of the batch), so that the
+        log shows the loss of the whole batch, as one process would."""
+        if not self.rt.distributed:
+            return values
+        names = sorted(values)
+        tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.rt.device)
+        dist.all_reduce(tensor)
+        return {n: float(v) / self.rt.world for n, v in zip(names, tensor.tolist())}
 
     def _forward_backward(self, micro_batches, epoch) -> StepResult:
         """DINO (plus SPAN) forward and backward over the step's micro-batches, gradients synced once under DDP."""
