@@ -151,6 +151,8 @@ class RunKey:
         pretrained: a local checkpoint (DINO's released weights or a timm
             state dict) the run starts from instead of the shared start: the
             paper's ImageNet DINO start (``dino_start`` is that checkpoint, frozen).
+        batch_size: films per step and process (None: the preset's; a GPU
+            with less memory, or a dry run on a few films).
     """
 
     preset: str
@@ -164,6 +166,7 @@ class RunKey:
     renormalize: bool | None = None
     from_start: bool = False
     pretrained: str | None = None
+    batch_size: int | None = None
 
     def path(self) -> Path:
         """Where the run lives.
@@ -185,6 +188,8 @@ class RunKey:
             name += "-from-start"
         if self.pretrained and self.regimen != "random":
             name += f"-from-{Path(self.pretrained).stem}"
+        if self.batch_size is not None:
+            name += f"-batch{self.batch_size}"
         base = runs_dir(self.preset) if self.dataset == "chest" else runs_dir(self.preset) / self.dataset
         if self.data:
             base = runs_dir(self.preset) / f"data-{Path(self.data).name}"
@@ -269,6 +274,7 @@ def ensure_pretrained(
     renormalize: bool | None = None,
     from_start: bool | None = None,
     pretrained: str | None = None,
+    batch_size: int | None = None,
 ) -> RunHandle:
     """Make sure data, knowledge maps, the shared start and the run exist; train what is missing.
 
@@ -293,6 +299,7 @@ def ensure_pretrained(
             state dict; the chapters' ``pretrained`` parameter): ``dino_start``
             is that checkpoint frozen, every trained regimen continues it,
             ``random`` ignores it. Nothing is downloaded.
+        batch_size: films per step (None: the preset's).
 
     Raises:
         FileNotFoundError: ``pretrained`` names no file.
@@ -301,7 +308,7 @@ def ensure_pretrained(
             network, not DINO).
     """
     key = run_key(preset, regimen, seed, lambda_span, epochs, dataset, data, terms, renormalize, from_start,
-                  pretrained)
+                  pretrained, batch_size)
     cfg = run_config(key, reader, maps_from)
     out = key.path()
     _train_cached(cfg, out)
@@ -310,7 +317,8 @@ def ensure_pretrained(
 
 def run_key(preset: str, regimen: str, seed: int = 0, lambda_span: float | None = None, epochs: int | None = None,
             dataset: str = "chest", data: str | None = None, terms: str = "both", renormalize: bool | None = None,
-            from_start: bool | None = None, pretrained: str | None = None) -> RunKey:
+            from_start: bool | None = None, pretrained: str | None = None, batch_size: int | None = None
+            ) -> RunKey:
     """The :class:`RunKey` of :func:`ensure_pretrained`'s arguments, with the preset's defaults filled in."""
     if terms not in ("both", "inclusion", "exclusion"):
         raise ValueError(f"terms must be both, inclusion or exclusion, not {terms!r}")
@@ -330,7 +338,8 @@ def run_key(preset: str, regimen: str, seed: int = 0, lambda_span: float | None 
     if regimen == "dino_start":
         seed = 0
     return RunKey(preset, regimen, seed, lambda_span, epochs, dataset, str(data) if data else None, terms,
-                  renormalize, from_start, pretrained if regimen != "random" else None)
+                  renormalize, from_start, pretrained if regimen != "random" else None,
+                  int(batch_size) if batch_size else None)
 
 
 def start_note(preset: str, pretrained: str | None) -> str:
@@ -371,6 +380,8 @@ def run_config(key: RunKey, reader: str = "folder", maps_from: str | None = None
         overrides["span.lambda_exclusion"] = key.lambda_span
     if key.epochs is not None:
         overrides["optim.epochs"] = key.epochs
+    if key.batch_size is not None:
+        overrides["optim.batch_size"] = key.batch_size
     if key.renormalize is not None:
         overrides["span.renormalize"] = bool(key.renormalize)
     if key.from_start:
