@@ -156,11 +156,13 @@ class Pretrainer:
                       "backbone.pos_embed": cfg.span.attention_lr_scale}
         groups = D.param_groups(self.student, scales)
         # foreach: one fused kernel per group instead of a Python loop over
-        # parameters (PyTorch only defaults to it on CUDA)
+        # parameters (PyTorch only defaults to it on CUDA); on CUDA Adam's
+        # whole update is one fused kernel
+        kernel = {"fused": True} if self.rt.device.type == "cuda" else {"foreach": True}
         if cfg.optim.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, foreach=True)
+            self.optimizer = torch.optim.AdamW(groups, **kernel)
         elif cfg.optim.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(groups, foreach=True)
+            self.optimizer = torch.optim.Adam(groups, **kernel)
         elif cfg.optim.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=0, momentum=0.9, foreach=True)
         else:
