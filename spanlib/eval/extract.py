@@ -193,7 +193,7 @@ class DiskCache:
 
 def cached_extract(run: str | Path, samples: Sequence, n_last_blocks: int = 1, img_size: int | None = None,
                    backbone: tuple[Config, torch.nn.Module, dict[str, Any]] | None = None, chunk: int = CHUNK,
-                   device: str | torch.device | None = "auto", batch_size: int = 64) -> dict[str, Any]:
+                   device: str | torch.device | None = None, batch_size: int = 64) -> dict[str, Any]:
     """:func:`extract` for a run, streamed chunk by chunk into ``run/eval/cache-<key>/`` and read back from there.
 
     A killed extraction resumes at its first unfinished chunk; a cache of
@@ -203,9 +203,11 @@ def cached_extract(run: str | Path, samples: Sequence, n_last_blocks: int = 1, i
         backbone: the run's :func:`~spanlib.model.export.load_backbone`, when
             the caller has it already (else it is loaded here).
         chunk: films per chunk.
-        device, batch_size: as :func:`extract` takes them.
+        device, batch_size: as :func:`extract` takes them (device None: the run's own ``run.device``,
+            ``auto`` unless the run named one).
     """
     cfg, model, info = backbone or load_backbone(run)
+    device = cfg.run.device if device is None else device
     size = None if img_size in (None, cfg.model.img_size) else int(img_size)
     cache = DiskCache(Path(run) / "eval" / f"cache-{dataset_key(samples, info['step'], n_last_blocks, size)}")
     if cache.complete():
