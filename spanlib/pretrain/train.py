@@ -216,7 +216,7 @@ class Pretrainer:
             dataset,
             batch_sampler=sampler,
             collate_fn=collate,
-            num_workers=cfg.run.num_workers,
+            num_workers=min(cfg.run.num_workers, sampler.batches_per_epoch()),  # no idle workers on a tiny set
             pin_memory=self.rt.device.type == "cuda",
             # the loader's own generator: iterating must not consume the global
             # RNG, or a resumed run would draw different drop-path masks
