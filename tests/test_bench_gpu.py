@@ -27,7 +27,8 @@ def _result(span: float, preset: str = "paper") -> dict:
             "loader": [{"views": "paper", "workers": 8, "batch": 64, "images_per_s": 2000.0}],
             "evaluation": [{"size": 480, "grid": (30, 30), "images": 512, "images_per_s": 800.0, "peak_gib": 2.0}],
             "resume": {"steps": 40, "checkpoint_every": 13, "killed_near_step": 14, "resumed_rc": 0,
-                       "uninterrupted_rc": 0, "finished": 40, "max_loss_difference": 1e-3}}
+                       "uninterrupted_rc": 0, "finished": 40, "max_loss_difference": 1e-3,
+                       "killed_before_the_end": True}}
 
 
 def test_the_report_judges_the_goal_by_the_span_step():
@@ -36,4 +37,7 @@ def test_the_report_judges_the_goal_by_the_span_step():
     assert "(a CPU dry run: not a measurement of the goal)" in report(_result(1200.0, preset="smoke"))
     text = report(_result(800.0))
     assert "| 512 | out of memory |" in text and "| 480 | 30x30 | 512 | 800 | 2.0 |" in text
-    assert "finished 40 steps" in text
+    assert "finished 40 steps" in text and "too late" not in text
+    late = _result(800.0)
+    late["resume"]["killed_before_the_end"] = False
+    assert "too late: the run had finished, so nothing was resumed" in report(late)

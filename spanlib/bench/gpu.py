@@ -158,12 +158,14 @@ def resume_row(preset: str, films: list, batch: int, epochs: int, work: Path, ti
     at_kill = max(_losses(killed), default=0) if (killed / "log.jsonl").is_file() else 0
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its worker, as a scheduler's kill would
     proc.wait()
+    finished_before_kill = (killed / "done.json").is_file()
     resumed = subprocess.run(_pretrain_cmd(preset, data, killed, [*settings, "--resume"]), env=env,
                              capture_output=True, text=True, timeout=timeout)
     whole = subprocess.run(_pretrain_cmd(preset, data, work / "whole", settings), env=env, capture_output=True,
                            text=True, timeout=timeout)
     row: dict[str, Any] = {"steps": steps_per_epoch * epochs, "checkpoint_every": every, "killed_near_step": at_kill,
-                           "resumed_rc": resumed.returncode, "uninterrupted_rc": whole.returncode}
+                           "killed_before_the_end": not finished_before_kill, "resumed_rc": resumed.returncode,
+                           "uninterrupted_rc": whole.returncode}
     if resumed.returncode or whole.returncode:
         row["error"] = (resumed.stderr or whole.stderr)[-800:]
         return row
@@ -234,7 +236,9 @@ def report(result: dict[str, Any]) -> str:
     r = result["resume"]
     lines += ["", "## torchrun, one GPU: killed and resumed", "",
               f"{r['steps']} steps, a checkpoint every {r['checkpoint_every']}; killed (SIGKILL) near step "
-              f"{r['killed_near_step']}; resumed exit status {r['resumed_rc']}, uninterrupted {r['uninterrupted_rc']}."]
+              f"{r['killed_near_step']}" + ("" if r.get("killed_before_the_end", True) else
+                                               " (too late: the run had finished, so nothing was resumed)")
+              + f"; resumed exit status {r['resumed_rc']}, uninterrupted {r['uninterrupted_rc']}."]
     if "error" in r:
         lines.append(f"Error: `{r['error'].strip().splitlines()[-1] if r['error'].strip() else 'none'}`")
     else:
