@@ -20,14 +20,16 @@ def test_every_preset_resolves_every_regimen(preset, regimen):
     assert cfg.run.train == (regimen not in ("random", "dino_start"))
     if regimen == "dino":
         assert cfg.views.kind == "dino"
-    elif regimen not in ("random", "dino_start"):
-        assert cfg.views.kind == "cxr"
+    elif regimen not in ("random", "dino_start"):  # the paper's chest views are its Table A.2
+        assert cfg.views.kind == ("paper" if preset == "paper" else "cxr")
 
 
 def test_paper_preset_is_the_papers_configuration():
     cfg = resolve("paper", "span_deformable")
     assert (cfg.model.arch, cfg.model.img_size, cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.lr) == (
-        "vit_small_patch16_224", 224, 28, 30, 1e-3)
+        "vit_small_patch16_224", 224, 28, 30, 1e-4)
+    assert not cfg.optim.lr_batch_scaling  # appendix A.3: SPAN's 1e-4 is the rate itself
+    assert cfg.views.kind == "paper" and resolve("paper", "dino_cxr").optim.lr == 1e-3
     assert cfg.optim.optimizer == "adam" and cfg.dino.out_dim == 65536
     assert cfg.span.assigned_heads == {"left_lung": 0, "right_lung": 1, "heart": 2}
 

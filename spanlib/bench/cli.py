@@ -17,6 +17,7 @@ BENCHES = {
     "register": ("spanlib.bench.register", "knowledge maps per second and Dice vs a plain SimpleITK reference"),
     "byol": ("spanlib.bench.byol", "object-level vs plain BYOL step, bf16 autocast, threads"),
     "loader": ("spanlib.bench.loader", "pretraining loader memory and images/s as the set grows (lazy reading)"),
+    "gpu": ("spanlib.bench.gpu", "the paper preset on one GPU: step, loader, evaluation, torchrun killed and resumed"),
 }
 
 

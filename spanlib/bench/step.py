@@ -136,6 +136,8 @@ def _measure(preset: str, overrides: dict, steps: int, warmup: int) -> dict:
         cfg = trainers["span"].cfg
         bs = cfg.optim.batch_size
         batch = _batch(trainers["span"], bs, len(cfg.span.assigned_heads))
+        # on a GPU the loader's pinned batches arrive while the previous step runs: time the step, not a copy
+        batch = {k: v.to(runtime.device) for k, v in batch.items()}
         sched = _schedules(trainers["span"], warmup + steps + 2)
         flops = {k: step_flops(t, batch, sched) for k, t in trainers.items()}
         times: dict[str, list[float]] = {"dino": [], "span": []}

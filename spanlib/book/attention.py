@@ -13,12 +13,13 @@ of knowledge map scored as attention.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spanlib.book.runs import chapter_data, ensure_pretrained, knowledge_maps_dir
-from spanlib.core.configs import REGIMENS, resolve
+from spanlib.book.runs import chapter_data, chapter_regimens, ensure_pretrained, knowledge_maps_dir
+from spanlib.core.configs import resolve
 from spanlib.core.mapspec import MAP_KINDS, MapSpec
 from spanlib.core.presets import evaluation_size
 from spanlib.data import open_dataset
@@ -128,13 +129,24 @@ class ChapterScores:
 
 def chapter_scores(preset: str, seed: int = 0, data: str | None = None, reader: str = "folder",
                    maps_from: str | None = None, eval_data: str | None = None, eval_reader: str = "folder",
-                   select_on: str | None = None) -> ChapterScores:
+                   select_on: str | None = None, pretrained: str | None = None, regimens: str | Sequence[str] = "",
+                   epochs: int | None = None, batch_size: int | None = None) -> ChapterScores:
     """Every regimen of one seed trained (or loaded) and scored at both sizes, with the references: the
-    attention chapter's call (its parameters as the chapter has them; empty strings mean none)."""
+    attention chapter's call (its parameters as the chapter has them; empty strings mean none).
+
+    ``pretrained``: the checkpoint every regimen continues (:func:`~spanlib.book.runs.ensure_pretrained`);
+    without it or a shared start there is no ``dino_start`` row (:func:`~spanlib.book.runs.chapter_regimens`).
+    ``regimens``: the regimens to show (a list, or names joined by commas; empty: every one); ``epochs`` and
+    ``batch_size``: the runs' (None: the preset's), for a short run on a few films.
+    """
     data, maps_from, eval_data, select_on = data or None, maps_from or None, eval_data or None, select_on or None
+    pretrained = pretrained or None
     scored, scored_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
-    runs = {r: ensure_pretrained(preset, r, seed=seed, data=data, reader=reader, maps_from=maps_from)
-            for r in REGIMENS}
+    chosen = [r for r in (regimens.split(",") if isinstance(regimens, str) else regimens) if r.strip()]
+    names = [r for r in chapter_regimens(preset, pretrained) if not chosen or r in {c.strip() for c in chosen}]
+    runs = {r: ensure_pretrained(preset, r, seed=seed, data=data, reader=reader, maps_from=maps_from,
+                                 pretrained=pretrained, epochs=epochs, batch_size=batch_size)
+            for r in names}
     return ChapterScores(
         runs=runs, data=scored, reader=scored_reader,
         scores={r: attention_at(preset, run.path, scored, scored_reader, select_on) for r, run in runs.items()},

@@ -118,6 +118,15 @@ def _knowledge_maps_by_head(run: _LoadedRun, sample: Any) -> dict[int, np.ndarra
     return {int(run.cfg.span.assigned_heads[o]): maps[i] for i, o in enumerate(organs)}
 
 
+def _maps_where_built(run: _LoadedRun, sample: Any) -> dict[int, np.ndarray]:
+    """:func:`_knowledge_maps_by_head`, or none for a film the maps were not built for (attention scored on
+    another set than the pretraining one: JSRT's films for a run pretrained on CheXpert)."""
+    try:
+        return _knowledge_maps_by_head(run, sample)
+    except KeyError:
+        return {}
+
+
 def _normalise_block(block: int, depth: int) -> int:
     if not -depth <= block < depth:
         raise ValueError(f"block {block} does not exist: the model has {depth} blocks")
@@ -251,7 +260,7 @@ class AttentionBrowser:
             index: the image's index in the dataset.
         """
         loaded = self._run(run)
-        by_head = _knowledge_maps_by_head(loaded, self._sample(index))
+        by_head = _maps_where_built(loaded, self._sample(index))
         return {loaded.organ_of_head[h]: m for h, m in by_head.items()}
 
     def current(self) -> BrowserView:
@@ -404,7 +413,7 @@ def static_browser_figure(
         blocks.add(b)
         attentions.append(_attention(loaded, sample.image, b))
         last = b == depth - 1
-        maps.append(_knowledge_maps_by_head(loaded, sample) if show_knowledge_map and last else {})
+        maps.append(_maps_where_built(loaded, sample) if show_knowledge_map and last else {})
         assignments.append(loaded.organ_of_head if last else {})
     shapes = {a.shape for a in attentions}
     if len(shapes) != 1:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spanlib.core.configs import Config, load_config, resolve, resolve_start
+from spanlib.core.configs import REGIMENS, Config, load_config, resolve, resolve_start
 from spanlib.core.mapspec import MapSpec, maps_folder
 from spanlib.core.paths import data_dir, folder_lock, project_root, runs_dir  # noqa: F401 - the notebooks take paths from here
 from spanlib.data import make_default_data, open_dataset
@@ -148,6 +148,11 @@ class RunKey:
             terms (None: the preset's; see :mod:`spanlib.model.span`).
         from_start: the run continues the preset's shared start
             (:mod:`spanlib.book.start`) instead of training from random weights.
+        pretrained: a local checkpoint (DINO's released weights or a timm
+            state dict) the run starts from instead of the shared start: the
+            paper's ImageNet DINO start (``dino_start`` is that checkpoint, frozen).
+        batch_size: films per step and process (None: the preset's; a GPU
+            with less memory, or a dry run on a few films).
     """
 
     preset: str
@@ -160,6 +165,8 @@ class RunKey:
     terms: str = "both"
     renormalize: bool | None = None
     from_start: bool = False
+    pretrained: str | None = None
+    batch_size: int | None = None
 
     def path(self) -> Path:
         """Where the run lives.
@@ -179,6 +186,10 @@ class RunKey:
             name += "-renormalized" if self.renormalize else "-raw"
         if self.from_start and self.regimen != "dino_start":
             name += "-from-start"
+        if self.pretrained and self.regimen != "random":
+            name += f"-from-{Path(self.pretrained).stem}"
+        if self.batch_size is not None:
+            name += f"-batch{self.batch_size}"
         base = runs_dir(self.preset) if self.dataset == "chest" else runs_dir(self.preset) / self.dataset
         if self.data:
             base = runs_dir(self.preset) / f"data-{Path(self.data).name}"
@@ -262,6 +273,8 @@ def ensure_pretrained(
     terms: str = "both",
     renormalize: bool | None = None,
     from_start: bool | None = None,
+    pretrained: str | None = None,
+    batch_size: int | None = None,
 ) -> RunHandle:
     """Make sure data, knowledge maps, the shared start and the run exist; train what is missing.
 
@@ -281,8 +294,21 @@ def ensure_pretrained(
         from_start: continue the preset's shared start (None: as the preset's
             ``start.continued`` says). ``dino_start`` is always the start
             itself, frozen; ``random`` never continues it.
+        pretrained: a local checkpoint to start from instead of the shared
+            start (DINO's released ``dino_deitsmall16_pretrain.pth``, a timm
+            state dict; the chapters' ``pretrained`` parameter): ``dino_start``
+            is that checkpoint frozen, every trained regimen continues it,
+            ``random`` ignores it. Nothing is downloaded.
+        batch_size: films per step (None: the preset's).
+
+    Raises:
+        FileNotFoundError: ``pretrained`` names no file.
+        ValueError: ``dino_start`` asked of a preset with neither a shared
+            start nor a ``pretrained`` checkpoint (it would be an untrained
+            network, not DINO).
     """
-    key = run_key(preset, regimen, seed, lambda_span, epochs, dataset, data, terms, renormalize, from_start)
+    key = run_key(preset, regimen, seed, lambda_span, epochs, dataset, data, terms, renormalize, from_start,
+                  pretrained, batch_size)
     cfg = run_config(key, reader, maps_from)
     out = key.path()
     _train_cached(cfg, out)
@@ -291,19 +317,50 @@ def ensure_pretrained(
 
 def run_key(preset: str, regimen: str, seed: int = 0, lambda_span: float | None = None, epochs: int | None = None,
             dataset: str = "chest", data: str | None = None, terms: str = "both", renormalize: bool | None = None,
-            from_start: bool | None = None) -> RunKey:
+            from_start: bool | None = None, pretrained: str | None = None, batch_size: int | None = None
+            ) -> RunKey:
     """The :class:`RunKey` of :func:`ensure_pretrained`'s arguments, with the preset's defaults filled in."""
     if terms not in ("both", "inclusion", "exclusion"):
         raise ValueError(f"terms must be both, inclusion or exclusion, not {terms!r}")
-    if from_start is None:
+    pretrained = str(Path(pretrained).resolve()) if pretrained else None
+    if pretrained and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"{pretrained}: pretrained checkpoint not found (the `pretrained` parameter names "
+                                "a local file, e.g. DINO's dino_deitsmall16_pretrain.pth; nothing is downloaded)")
+    if regimen == "dino_start" and not pretrained and not has_start(preset):
+        raise ValueError(start_note(preset, None))
+    if pretrained:  # the checkpoint is the start: no shared start
+        from_start = False
+    elif from_start is None:
         from_start = continues_start(preset)
-    from_start = (bool(from_start) or regimen == "dino_start") and regimen != "random"
+    from_start = (bool(from_start) or regimen == "dino_start") and regimen != "random" and not pretrained
     # the frozen start has one set of weights whatever the seed: one run directory (its features cached once),
     # made with one configuration (a seed in it would make every seed's call find it "changed" and redo it)
     if regimen == "dino_start":
         seed = 0
     return RunKey(preset, regimen, seed, lambda_span, epochs, dataset, str(data) if data else None, terms,
-                  renormalize, from_start)
+                  renormalize, from_start, pretrained if regimen != "random" else None,
+                  int(batch_size) if batch_size else None)
+
+
+def start_note(preset: str, pretrained: str | None) -> str:
+    """What a preset's runs start from, in one plain sentence (the chapters print it)."""
+    if pretrained:
+        return (f"preset {preset!r}: every trained regimen continues the checkpoint {Path(pretrained).name}; "
+                "dino_start is that checkpoint, frozen")
+    if has_start(preset):
+        how = "continues" if continues_start(preset) else "is compared with"
+        return f"preset {preset!r}: every trained regimen {how} the book's shared start; dino_start is it, frozen"
+    return (f"preset {preset!r} has no `pretrained` checkpoint and no shared start: every regimen trains from "
+            "scratch (random weights), and there is no dino_start row, since an untrained network is not DINO. "
+            "Pass pretrained=PATH (papermill -p pretrained PATH; DINO's released ViT-S/16 weights, "
+            "dino_deitsmall16_pretrain.pth) to start from DINO's ImageNet weights as the paper does")
+
+
+def chapter_regimens(preset: str, pretrained: str | None = None) -> tuple[str, ...]:
+    """The regimens a chapter shows: every one, less ``dino_start`` where nothing stands for DINO's start."""
+    if pretrained or has_start(preset):
+        return REGIMENS
+    return tuple(r for r in REGIMENS if r != "dino_start")
 
 
 def run_config(key: RunKey, reader: str = "folder", maps_from: str | None = None) -> Config:
@@ -323,12 +380,16 @@ def run_config(key: RunKey, reader: str = "folder", maps_from: str | None = None
         overrides["span.lambda_exclusion"] = key.lambda_span
     if key.epochs is not None:
         overrides["optim.epochs"] = key.epochs
+    if key.batch_size is not None:
+        overrides["optim.batch_size"] = key.batch_size
     if key.renormalize is not None:
         overrides["span.renormalize"] = bool(key.renormalize)
     if key.from_start:
         start = ensure_start(key.preset)
         if start is not None:
             overrides["run.init_from"] = str(start)
+    if key.pretrained:
+        overrides["model.pretrained_path"] = key.pretrained
     cfg = resolve(key.preset, key.regimen, overrides, dataset=key.dataset)
     if key.terms != "both":  # one term alone: the other's weight to zero
         cfg = cfg.replace(**{f"span.lambda_{'exclusion' if key.terms == 'inclusion' else 'inclusion'}": 0.0})
@@ -343,7 +404,7 @@ def run_config(key: RunKey, reader: str = "folder", maps_from: str | None = None
 def _train_cached(cfg: Config, out: Path) -> None:
     """Train ``cfg`` into ``out`` unless done; a run made with another configuration or start is trained again."""
     # the start a run continued, by the content of its done.json: a start trained again retrains its runs
-    start_id = _start_id(cfg.run.init_from)
+    start_id = _start_id(cfg.run.init_from) + _file_id(cfg.model.pretrained_path)
     recorded = (out / "start-id").read_text() if (out / "start-id").is_file() else None
     if (out / "config.yaml").exists():
         if load_config(out / "config.yaml") != cfg:
@@ -355,6 +416,14 @@ def _train_cached(cfg: Config, out: Path) -> None:
     pretrain(cfg, out, resume=True)
     if start_id:
         (out / "start-id").write_text(start_id)
+
+
+def _file_id(path: str | None) -> str:
+    """A fingerprint of a pretrained checkpoint a run starts from (size and modification time; '' for none)."""
+    if not path or not Path(path).is_file():
+        return ""
+    stat = Path(path).stat()
+    return f"file-{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def _start_id(init_from: str | None) -> str:

@@ -30,6 +30,7 @@ from spanlib.book.runs import (
     RunHandle,
     RunKey,
     chapter_data,
+    chapter_regimens,
     continues_start,
     ensure_pretrained,
     generated_data,
@@ -39,7 +40,7 @@ from spanlib.book.runs import (
     runs_dir,
 )
 from spanlib.book.start import final_record, loss_below_log_k, start_report
-from spanlib.core.configs import REGIMENS, load_preset, resolve
+from spanlib.core.configs import load_preset, resolve
 from spanlib.core.mapspec import MAP_KINDS, MapSpec
 from spanlib.data import open_dataset
 from spanlib.eval.evaluate import evaluate
@@ -99,7 +100,8 @@ def _interval_tree(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return seed_interval([float(p) for p in per_seed])
 
 
-def part_regimens(preset: str, seed: int, parts: Path, parts_data: str | None, parts_reader: str) -> dict[str, Any]:
+def part_regimens(preset: str, seed: int, parts: Path, parts_data: str | None, parts_reader: str,
+                  pretrained: str | None = None) -> dict[str, Any]:
     """The parts runs of one seed: the baselines and the SPAN run with the best attention mAP.
 
     The SPAN backbone is chosen by attention mAP on the parts' *training*
@@ -110,13 +112,15 @@ def part_regimens(preset: str, seed: int, parts: Path, parts_data: str | None, p
         ``{"runs": {name: RunHandle}, "kept": regimen, "kept_name": FEWSHOT_KEPT,
         "attention": {regimen: mAP}}``.
     """
-    runs = {r: ensure_pretrained(preset, r, seed=seed, dataset="parts", data=parts_data, reader=parts_reader)
-            for r in FEWSHOT_BASELINES + PART_SPAN_REGIMENS}
+    shown = chapter_regimens(preset, pretrained)
+    runs = {r: ensure_pretrained(preset, r, seed=seed, dataset="parts", data=parts_data, reader=parts_reader,
+                                 pretrained=pretrained)
+            for r in FEWSHOT_BASELINES + PART_SPAN_REGIMENS if r in shown}
     attention = {r: _mean_map(evaluate("attention", runs[r].path, parts, reader=parts_reader, test_on="train",
                                        out=runs[r].path / "eval" / "attention-parts-train.json")["organs"])
                  for r in PART_SPAN_REGIMENS}
     kept = max(attention, key=attention.get)
-    chosen = {r: runs[r] for r in FEWSHOT_BASELINES}
+    chosen = {r: runs[r] for r in FEWSHOT_BASELINES if r in runs}
     chosen[FEWSHOT_KEPT] = runs[kept]
     return {"runs": chosen, "kept": kept, "kept_name": FEWSHOT_KEPT, "attention": attention}
 
@@ -202,6 +206,7 @@ def build_summary(
     select_on: str | None = None,
     parts_data: str | None = None,
     parts_reader: str = "folder",
+    pretrained: str | None = None,
 ) -> dict[str, Any]:
     """Every regimen's results over seeds: ``{"mean", "ci95", "seeds"}`` per number (``ci95`` None for one seed).
 
@@ -218,6 +223,7 @@ def build_summary(
         select_on: where a baseline's head is chosen when the evaluation set
             has no validation split.
         parts_data, parts_reader: the inspection set (default: the generated parts).
+        pretrained: the checkpoint every regimen continues (see :func:`ensure_pretrained`).
     """
     chest, reader = chapter_data(preset, "chest", data, reader)
     scored, eval_reader = chapter_data(preset, "chest", eval_data or data, eval_reader if eval_data else reader)
@@ -225,10 +231,11 @@ def build_summary(
 
     n_films = len(test_set(open_dataset(eval_reader, scored), scored, None, eval_reader, {})[0])
     regimens: dict[str, dict] = {}
-    for regimen in REGIMENS:
+    for regimen in chapter_regimens(preset, pretrained):
         per_seed = []
         for seed in seeds:
-            run = ensure_pretrained(preset, regimen, seed=seed, data=data, reader=reader, maps_from=maps_from)
+            run = ensure_pretrained(preset, regimen, seed=seed, data=data, reader=reader, maps_from=maps_from,
+                                    pretrained=pretrained)
             att = attention_at(preset, run.path, scored, eval_reader, select_on)
             att_training = attention_at(preset, run.path, scored, eval_reader, select_on, size="training")
             lin = evaluate("linear", run.path, chest, seed=seed, reader=reader)
@@ -243,7 +250,7 @@ def build_summary(
 
     fewshot_seeds, kept = [], {}
     for seed in seeds:
-        chosen = part_regimens(preset, seed, parts, parts_data, parts_reader)
+        chosen = part_regimens(preset, seed, parts, parts_data, parts_reader, pretrained)
         kept[str(seed)] = chosen["kept"]
         row = {}
         for name, run in chosen["runs"].items():

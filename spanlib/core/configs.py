@@ -131,9 +131,11 @@ class ViewConfig(FrozenConfig):
     """How views are made.
 
     ``kind="dino"``: DINO's domain-agnostic views (global and local crops,
-    colour jitter, blur, solarization). ``kind="cxr"``: the chest views after
-    MoCo-CXR plus SPAN's additions (crop, flip, rotation, translation,
-    brightness, contrast, sharpness), global crops only.
+    colour jitter, blur, solarization). ``kind="cxr"``: the book's chest views
+    after MoCo-CXR plus SPAN's additions (crop, flip, rotation, translation,
+    brightness, contrast, sharpness), global crops only. ``kind="paper"``: the
+    SPAN appendix's Table A.2 as written (:mod:`spanlib.pretrain.paper_views`;
+    its probabilities and ranges are the table's, not these fields).
     """
 
     kind: str = "dino"
@@ -152,7 +154,13 @@ class ViewConfig(FrozenConfig):
 
 @dataclass(frozen=True)
 class OptimConfig(FrozenConfig):
-    """Optimiser and schedules (per iteration, as DINO)."""
+    """Optimiser and schedules (per iteration, as DINO).
+
+    Attributes:
+        lr: the peak learning rate; times the total batch / 256 (DINO's linear
+            scaling rule) when ``lr_batch_scaling``, else as it is (the SPAN
+            appendix gives SPAN's 1e-4 as the rate itself).
+    """
 
     optimizer: str = "adamw"
     batch_size: int = 64
@@ -164,6 +172,7 @@ class OptimConfig(FrozenConfig):
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0
+    lr_batch_scaling: bool = True
 
 
 @dataclass(frozen=True)

@@ -87,12 +87,28 @@ class Runtime:
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device.type, self.amp_dtype)
 
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """A gradient scaler where the autocast dtype needs one (float16), else None.
+
+        float16 has five exponent bits: small gradients underflow to zero
+        unless the loss is scaled up before the backward pass and the
+        gradients scaled back before the optimiser step (and the step skipped
+        when they overflow). bfloat16 keeps float32's range and needs none.
+        """
+        if self.amp_dtype != torch.float16:
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
 
 def amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of an ``amp`` setting: ``auto`` is bf16 on CUDA and off elsewhere.
 
+    ``fp16`` is accepted on CUDA only, where training runs it with a gradient
+    scaler (:meth:`Runtime.grad_scaler`); on a CPU it is refused in favour of
+    ``bf16``, which CPUs compute natively or not at all in half precision.
+
     Raises:
-        ValueError: an unknown setting.
+        ValueError: an unknown setting, or fp16 off CUDA.
     """
     if amp is False or amp is None:  # YAML reads a bare `off` as false
         amp = "off"
@@ -100,6 +116,9 @@ def amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | Non
         amp = "bf16" if device.type == "cuda" else "off"
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be auto, off, bf16 or fp16, not {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp: fp16 runs on CUDA only (with a gradient scaler); on {device.type} use amp: bf16 "
+                         "(same speed-up where the CPU has bfloat16, no scaler needed) or amp: off")
     return AMP_DTYPES[amp]
 
 

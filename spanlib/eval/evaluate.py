@@ -3,7 +3,8 @@
 ``python -m spanlib evaluate {attention,linear,fewshot,knn} --run DIR --data DIR``
 loads the run's teacher backbone (DINO evaluates the teacher), extracts the
 frozen CLS features and the last block's CLS attention of every image once
-(cached beside the run, keyed by the checkpoint and the dataset), and writes
+on the run's device (CUDA where present; :mod:`spanlib.eval.extract`,
+streamed to a disk cache beside the run, keyed by the checkpoint and the dataset), and writes
 ``DIR/eval/<kind>-<dataset>.json``. That file also answers the same
 evaluation again (same arguments, checkpoint and data) without recomputing it.
 """
@@ -11,7 +12,6 @@ evaluation again (same arguments, checkpoint and data) without recomputing it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -21,92 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from spanlib.core.checkpoint import save_atomic, write_json
+from spanlib.core.checkpoint import write_json
 from spanlib.core.configs import Config
 from spanlib.data import open_dataset
-from spanlib.data.transforms import EvaluationView
 from spanlib.eval import probe
 from spanlib.eval.ap import attention_average_precision, upsample_nearest
+from spanlib.eval.extract import cached_extract, dataset_key, extract  # noqa: F401 - where callers found them
 from spanlib.eval.metrics import iou, mass_threshold, pointing_game
 from spanlib.eval.sets import SelectionError, selection_set, test_set, training_set
 from spanlib.model.export import load_backbone
-from spanlib.model.vit import AttentionProbe, patch_grid
 
 KINDS = ("attention", "linear", "fewshot", "knn")
-
-
-def _dataset_key(dataset: Sequence, step: int, n_last_blocks: int, img_size: int | None = None) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    h.update(str(getattr(dataset, "root", "")).encode())
-    h.update("|".join(s for s in getattr(dataset, "ids", [])).encode())
-    h.update(f"{len(dataset)}-{step}-{n_last_blocks}".encode())
-    if img_size is not None:
-        h.update(f"-size{img_size}".encode())
-    return h.hexdigest()
-
-
-@torch.no_grad()
-def extract(
-    model: torch.nn.Module,
-    cfg: Config,
-    samples: Sequence,
-    batch_size: int = 64,
-    n_last_blocks: int = 1,
-    img_size: int | None = None,
-) -> dict[str, Any]:
-    """Frozen features and CLS attention of every sample (evaluation view).
-
-    Args:
-        model: the backbone.
-        cfg: the run's configuration (image size, normalisation).
-        samples: a sequence of :class:`spanlib.data.Sample`.
-        batch_size: images per forward pass.
-        n_last_blocks: concatenate the normed CLS token of this many last
-            blocks (DINO's linear evaluation uses 4 for ViT-S).
-        img_size: input side (default: the run's); the ViT takes other sizes
-            (the paper's appendix scores attention at 480 px).
-
-    Returns:
-        ``{"ids", "features" [N, D * n], "attention" [N, heads, gh, gw]}``.
-    """
-    evaluation_view = EvaluationView(cfg.views, img_size or cfg.model.img_size, cfg.model.in_chans)
-    captured: list[torch.Tensor] = []
-    hooks = [b.register_forward_hook(lambda m, i, o: captured.append(o)) for b in model.blocks[-n_last_blocks:]]
-    ids, feats, attns = [], [], []
-    try:
-        for start in range(0, len(samples), batch_size):
-            chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
-            x = evaluation_view.stack(chunk)
-            captured.clear()
-            with AttentionProbe(model) as probe:
-                model(x)
-            attns.append(probe.attention(patch_grid(model, *x.shape[-2:])))
-            feats.append(torch.cat([model.norm(o)[:, 0] for o in captured], dim=-1))
-            ids.extend(s.id for s in chunk)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {"ids": ids, "features": torch.cat(feats), "attention": torch.cat(attns)}
-
-
-def cached_extract(run: str | Path, samples: Sequence, n_last_blocks: int = 1, img_size: int | None = None,
-                   backbone: tuple[Config, torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """:func:`extract` for a run, cached in ``run/eval/cache-<key>.pt``.
-
-    ``backbone``: the run's :func:`~spanlib.model.export.load_backbone`, when
-    the caller has it already (else it is loaded here).
-    """
-    cfg, model, info = backbone or load_backbone(run)
-    size = None if img_size in (None, cfg.model.img_size) else int(img_size)
-    path = Path(run) / "eval" / f"cache-{_dataset_key(samples, info['step'], n_last_blocks, size)}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
-            path.unlink()
-    out = extract(model, cfg, samples, n_last_blocks=n_last_blocks, img_size=size)
-    save_atomic(path, out)
-    return out
 
 
 def _stamp(path: Path) -> list[int] | None:

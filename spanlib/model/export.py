@@ -46,7 +46,7 @@ def load_backbone(run: str | Path, which: str = "teacher") -> tuple[Config, torc
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    state = load_checkpoint(Path(run) / "checkpoint.pt")
+    state = load_checkpoint(Path(run) / "checkpoint.pt", mmap=True)  # the weights only: the optimiser stays on disk
     cfg = Config.from_dict(state["config"])
     model = build_vit(cfg.model.replace(pretrained_path=None))
     prefix = "backbone."

@@ -124,7 +124,7 @@ def load_pretrained(model: VisionTransformer, path: str | Path) -> dict[str, lis
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(f"{path}: cannot read as a torch checkpoint ({exc})") from exc
-    for key in ("teacher", "state_dict", "model"):
+    for key in ("teacher", "state_dict", "model", "student"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
             break
@@ -138,12 +138,20 @@ def load_pretrained(model: VisionTransformer, path: str | Path) -> dict[str, lis
         if key.startswith("head."):
             continue  # DINO projection head or a classifier: not part of the backbone
         cleaned[key] = value
-    cleaned = checkpoint_filter_fn(cleaned, model)
-    result = model.load_state_dict(cleaned, strict=False)
+    try:
+        cleaned = checkpoint_filter_fn(cleaned, model)
+        result = model.load_state_dict(cleaned, strict=False)
+    except (RuntimeError, KeyError, ValueError) as exc:  # shapes of another architecture
+        first = str(exc).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[:3])
+        raise ValueError(f"{path}: its weights do not fit this {type(model).__name__} "
+                         f"(embed_dim {model.embed_dim}, {len(model.blocks)} blocks): {detail}") from exc
     backbone_keys = set(model.state_dict())
     loaded = backbone_keys - set(result.missing_keys)
     if not loaded:
-        raise ValueError(f"{path}: no key matches the {type(model).__name__} backbone")
+        raise ValueError(f"{path}: no key matches the {type(model).__name__} backbone "
+                         f"(found keys such as {sorted(cleaned)[:4]}; expected cls_token, pos_embed, "
+                         "patch_embed.proj.weight, blocks.0.attn.qkv.weight, ...)")
     if result.missing_keys:
         raise ValueError(f"{path}: checkpoint lacks backbone weights {result.missing_keys[:5]}...")
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}

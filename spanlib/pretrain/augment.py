@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from spanlib.core.configs import ViewConfig
 from spanlib.data.transforms import EvaluationView, as_image, normalisation
+from spanlib.pretrain.paper_views import paper_view
 
 # Organ pairs that trade places under a horizontal flip.
 MIRROR_PAIRS = (("left_lung", "right_lung"),)
@@ -123,8 +124,12 @@ class ViewMaker:
             )
             self.global_views = [view, view]
             self.local_view = None
+        elif cfg.kind == "paper":  # appendix Table A.2 (spanlib.pretrain.paper_views)
+            view = paper_view(size, _finish(cfg, in_chans))
+            self.global_views = [view, view]
+            self.local_view = None
         else:
-            raise ValueError(f"unknown view kind {cfg.kind!r}; use 'dino' or 'cxr'")
+            raise ValueError(f"unknown view kind {cfg.kind!r}; use 'dino', 'cxr' or 'paper'")
         self.evaluation_view = EvaluationView(cfg, size, in_chans)
 
     def _as_image(self, image: torch.Tensor) -> tv_tensors.Image:

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", help="a built knowledge-map folder, or a kind (triangular, global, deformable, "
                                        "masks) whose folder the one rule places (default: the regimen's kind there)")
     parser.add_argument("--out", help="run directory (default runs/<preset>/<regimen>/seed<seed>)")
+    parser.add_argument("--pretrained", help="a local checkpoint to start from: DINO's released weights "
+                                             "(dino_deitsmall16_pretrain.pth) or a timm state dict "
+                                             "(model.pretrained_path; never downloaded)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.epochs=3")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -35,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["run.reader"] = args.reader
     if args.seed is not None:
         overrides["run.seed"] = args.seed
+    if args.pretrained:
+        if not Path(args.pretrained).is_file():
+            raise SystemExit(f"error: {args.pretrained}: pretrained checkpoint not found (--pretrained)")
+        overrides["model.pretrained_path"] = str(Path(args.pretrained).resolve())
     cfg = resolve(args.preset, args.regimen, overrides)
     spec = _map_spec(cfg.span.knowledge_maps, args.maps, args.preset, args.data)
     if spec is not None:

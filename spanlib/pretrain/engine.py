@@ -154,6 +154,10 @@ class TrainingStep:
         hint: what to try when the loss diverges, appended to the message.
         runtime: device, autocast and DDP (``None``: one process, no autocast).
         log: the run's log, for the ``diverged`` record.
+        scaler: a gradient scaler (float16 autocast; :meth:`spanlib.core.device.Runtime.grad_scaler`):
+            the trainer's backward goes through :meth:`backward`, the gradients
+            are unscaled before clipping, and a step whose gradients overflowed
+            is skipped by the scaler. Saved in and restored from checkpoints.
     """
 
     optimizer: torch.optim.Optimizer
@@ -169,10 +173,15 @@ class TrainingStep:
     hint: str = ""
     runtime: Runtime | None = None
     log: JsonlLog | None = None
+    scaler: torch.amp.GradScaler | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The runtime's autocast (a null context without a runtime)."""
         return self.runtime.autocast() if self.runtime is not None else contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, through the gradient scaler where there is one."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def __call__(self, it: int, forward_backward: Callable[[], StepResult], epoch: int | None = None) -> StepResult:
         """Take optimiser step ``it`` (0-based) with the trainer's forward and backward.
@@ -190,11 +199,17 @@ class TrainingStep:
         check_finite(result.losses, run=self.run, step=it, checkpoint=self.checkpoint, hint=self.hint,
                      runtime=self.runtime, log=self.log)
         if result.stepped:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients
             if self.clip_grad and self.clip_module is not None:
                 clip_gradients(self.clip_module, self.clip_grad)
             if self.grad_hook is not None:
                 self.grad_hook(it if epoch is None else epoch)
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
+                self.scaler.update()
+            else:
+                self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None and self.schedules.momentum is not None:
             self.ema(float(self.schedules.momentum[it]))
@@ -206,6 +221,8 @@ class TrainingStep:
     def state(self, step: int, **extra: Any) -> dict[str, Any]:
         """The checkpoint's content: every module's state, the optimiser's, the step, and ``extra``."""
         state: dict[str, Any] = {name: module.state_dict() for name, module in self.modules.items()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         return {**state, "optimizer": self.optimizer.state_dict(), "step": step, **extra}
 
     def save(self, path: Path, step: int, **extra: Any) -> None:
@@ -218,4 +235,6 @@ class TrainingStep:
         for name, module in self.modules.items():
             module.load_state_dict(state[name])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         return state

@@ -156,11 +156,13 @@ class Pretrainer:
                       "backbone.pos_embed": cfg.span.attention_lr_scale}
         groups = D.param_groups(self.student, scales)
         # foreach: one fused kernel per group instead of a Python loop over
-        # parameters (PyTorch only defaults to it on CUDA)
+        # parameters (PyTorch only defaults to it on CUDA); on CUDA Adam's
+        # whole update is one fused kernel
+        kernel = {"fused": True} if self.rt.device.type == "cuda" else {"foreach": True}
         if cfg.optim.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, foreach=True)
+            self.optimizer = torch.optim.AdamW(groups, **kernel)
         elif cfg.optim.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(groups, foreach=True)
+            self.optimizer = torch.optim.Adam(groups, **kernel)
         elif cfg.optim.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=0, momentum=0.9, foreach=True)
         else:
@@ -186,6 +188,7 @@ class Pretrainer:
             hint="Lower optim.lr or raise optim.warmup_epochs.",
             runtime=self.rt,
             log=self.log,
+            scaler=self.rt.grad_scaler(),
         )
 
     def _start_from(self, init_from: str) -> torch.Tensor:
@@ -213,7 +216,7 @@ class Pretrainer:
             dataset,
             batch_sampler=sampler,
             collate_fn=collate,
-            num_workers=cfg.run.num_workers,
+            num_workers=min(cfg.run.num_workers, sampler.batches_per_epoch()),  # no idle workers on a tiny set
             pin_memory=self.rt.device.type == "cuda",
             # the loader's own generator: iterating must not consume the global
             # RNG, or a resumed run would draw different drop-path masks
@@ -303,8 +306,9 @@ class Pretrainer:
         """DINO's per-iteration schedules: learning rate (scaled by the total batch), weight decay, teacher momentum."""
         optim = self.cfg.optim
         total_batch = optim.batch_size * optim.accum_steps * self.rt.world
+        peak = optim.lr * total_batch / 256 if optim.lr_batch_scaling else optim.lr
         return Schedules(
-            lr=D.cosine_scheduler(optim.lr * total_batch / 256, optim.min_lr, optim.epochs, steps_per_epoch,
+            lr=D.cosine_scheduler(peak, optim.min_lr, optim.epochs, steps_per_epoch,
                                   optim.warmup_epochs),
             weight_decay=D.cosine_scheduler(optim.weight_decay, optim.weight_decay_end, optim.epochs, steps_per_epoch),
             momentum=D.cosine_scheduler(self.cfg.dino.momentum_teacher, 1.0, optim.epochs, steps_per_epoch),
@@ -326,10 +330,11 @@ class Pretrainer:
         with torch.no_grad():
             feats = F.normalize(features[: images * 2].float(), dim=-1)
             embed_std = (feats.std(dim=0).mean() * math.sqrt(feats.shape[-1])).item()
+        losses = self._mean_over_ranks(result.losses)
         teacher_outputs = result.teacher_outputs or []
         ent, ent_mean = D.output_entropy(teacher_outputs[-1], self.loss_fn.center, self.loss_fn.teacher_temp(epoch))
         return {
-            **result.losses,
+            **losses,
             **result.record,
             **self.engine.schedules.values(it),
             "teacher_temp": self.loss_fn.teacher_temp(epoch),
@@ -337,6 +342,16 @@ class Pretrainer:
             "teacher_mean_entropy": ent_mean,
             "embed_std": embed_std,
         }
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """The step's losses averaged over the DDP ranks (each rank's are of its share of the batch), so that the
+        log shows the loss of the whole batch, as one process would."""
+        if not self.rt.distributed:
+            return values
+        names = sorted(values)
+        tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=self.rt.device)
+        dist.all_reduce(tensor)
+        return {n: float(v) / self.rt.world for n, v in zip(names, tensor.tolist())}
 
     def _forward_backward(self, micro_batches, epoch) -> StepResult:
         """DINO (plus SPAN) forward and backward over the step's micro-batches, gradients synced once under DDP."""
@@ -360,7 +375,7 @@ class Pretrainer:
                         terms = self._span_terms(attention, batch)
                         loss = loss + terms.loss
                         diag["inside_share"] = diag.get("inside_share", 0.0) + terms.inside_share.item() / len(micro_batches)
-                (loss / len(micro_batches)).backward()
+                self.engine.backward(loss / len(micro_batches))
             teacher_outputs.append(teacher_logits.detach())
             totals["loss"] += loss.item() / len(micro_batches)
             totals["dino_loss"] += dino_loss.item() / len(micro_batches)
