@@ -195,6 +195,22 @@ def _ablations_reuse(preset: str, regimen: str, seed: int) -> bool:
     return span.lambda_inclusion == span.lambda_exclusion and span.lambda_inclusion in map(float, settings["lambdas"])
 
 
+def _fewshot_over_seeds(preset: str, seeds: Sequence[int], parts: Path, parts_data: str | None, parts_reader: str,
+                        pretrained: str | None) -> tuple[list[dict], dict[str, Any]]:
+    """Per seed, the few-shot and all-label AUCs of the parts regimens kept, and which were kept."""
+    fewshot_seeds, kept = [], {}
+    for seed in seeds:
+        chosen = part_regimens(preset, seed, parts, parts_data, parts_reader, pretrained)
+        kept[str(seed)] = chosen["kept"]
+        row = {}
+        for name, run in chosen["runs"].items():
+            few = evaluate("fewshot", run.path, parts, seed=seed, reader=parts_reader)
+            every = evaluate("linear", run.path, parts, seed=seed, reader=parts_reader)
+            row[name] = {**{str(n): s["mean"] for n, s in few["sizes"].items()}, "all": every["mAUC"]}
+        fewshot_seeds.append(row)
+    return fewshot_seeds, kept
+
+
 def build_summary(
     preset: str,
     seeds: Sequence[int] = (0, 1, 2),
@@ -248,16 +264,7 @@ def build_summary(
         regimens[regimen]["pointing"] = {o: share_interval(v["seeds"], n_films)
                                          for o, v in regimens[regimen]["pointing"].items()}
 
-    fewshot_seeds, kept = [], {}
-    for seed in seeds:
-        chosen = part_regimens(preset, seed, parts, parts_data, parts_reader, pretrained)
-        kept[str(seed)] = chosen["kept"]
-        row = {}
-        for name, run in chosen["runs"].items():
-            few = evaluate("fewshot", run.path, parts, seed=seed, reader=parts_reader)
-            every = evaluate("linear", run.path, parts, seed=seed, reader=parts_reader)
-            row[name] = {**{str(n): s["mean"] for n, s in few["sizes"].items()}, "all": every["mAUC"]}
-        fewshot_seeds.append(row)
+    fewshot_seeds, kept = _fewshot_over_seeds(preset, seeds, parts, parts_data, parts_reader, pretrained)
     meta = open_dataset(reader, chest).meta
     root = runs_dir(preset) / f"data-{chest.name}" if data else runs_dir(preset)
     summary = {
