@@ -224,3 +224,20 @@ def test_coverage_settings_are_read_from_the_configs():
     assert "batch 16 against 32, so 2 times the steps" in book and "3 epochs against 2" in book
     paper = rr.coverage_settings("paper")
     assert "times the learning rate" not in paper and "batch" not in paper
+
+
+def test_paper_ordering_reading_reads_each_link_of_each_organ():
+    summary = _summary()
+    summary["regimens"]["span_global"] = _regimen((50.0, 67.0, 35.0), 2.0)
+    summary["regimens"]["random"] = _regimen((20.0, 69.5, 10.0), 0.0)
+    text = rr.paper_ordering_reading(summary)
+    assert text.startswith("The paper's ordering, deformable > global > triangular > the best baseline")
+    lines = {line.split(":")[0][2:]: line for line in text.splitlines() if line.startswith("- ")}
+    # left lung: 60 > 50 holds; 50 < 61.5 reversed; 61.5 > 30 (dino_cxr, the best baseline there) holds
+    assert lines["left_lung"] == ("- left_lung: `span_deformable` 60.0 > `span_global` 50.0: holds; `span_global` 50.0 > "
+                                  "`span_triangular` 61.5: reversed; `span_triangular` 61.5 > `dino_cxr` 30.0: holds")
+    # right lung: the triangular 70.0 against random 69.5 (the best baseline there): intervals overlap
+    assert "`span_triangular` 70.0 > `random` 69.5: intervals overlap" in lines["right_lung"]
+    assert text.endswith("3 of the 9 links hold.")  # left 2, right 0, heart 1 (35 < 45: reversed)
+    one = rr.paper_ordering_reading(_summary(entry=_one))
+    assert "no interval" in one and one.endswith("0 of the 6 links hold.")  # no span_global in _summary

@@ -8,6 +8,8 @@ Split from :mod:`spanlib.book.readings` (which would pass its size bound):
   book's extension (``span_coverage``) on the same maps;
 * :func:`lambda_sweep_reading`: where the validation choice of lambda falls in
   the swept range;
+* :func:`paper_ordering_reading`: the paper's ordering of map kinds, link by
+  link and organ by organ;
 
 and what the coverage reading is given: the runs' logs (:func:`run_logs`) and
 the inside share at their end (:func:`final_inside_shares`).
@@ -233,6 +235,46 @@ def coverage_reading(summary: Mapping[str, Any], inside_share: Mapping[str, floa
                 f". `{extension}` costs DINO's objective more than the {nats:g}-nat bar.")
     head = f"The paper's loss (`{paper}`) and the book's extension (`{extension}`) train toward the same maps. Attention mAP:"
     return "\n\n".join(p for p in (head, "\n".join(lines), dino, inside, verdict) if p)
+
+
+PAPER_CHAIN = ("span_deformable", "span_global", "span_triangular")
+"""The paper's ordering of its regimens by knowledge map, best first (its Table 1)."""
+BASELINES = ("random", "dino_start", "dino", "dino_cxr")
+
+
+def paper_ordering_reading(summary: Mapping[str, Any], chain: Sequence[str] = PAPER_CHAIN,
+                           baselines: Sequence[str] = BASELINES) -> str:
+    """Per organ, whether deformable > global > triangular > the best baseline holds, link by link (Markdown).
+
+    A link holds only where the two 95% intervals over seeds separate in the
+    paper's direction; it is reversed where they separate the other way. The
+    best baseline of an organ is the one with the highest mean there.
+    """
+    regimens = summary["regimens"]
+    chain = [r for r in chain if r in regimens]
+    bases = [b for b in baselines if b in regimens]
+    if len(chain) < 2 and not bases:
+        return "This build has no two of the paper's regimens to order."
+    lines, held, total = [], 0, 0
+    for organ in regimens[chain[0]]["attention_mAP"]:
+        scores = {r: _entry(regimens[r]["attention_mAP"][organ]) for r in [*chain, *bases]}
+        best = max(bases, key=lambda b: scores[b]["mean"]) if bases else None
+        steps = [*chain, best] if best else chain
+        links = []
+        for upper, lower in zip(steps, steps[1:]):
+            a, b = scores[upper], scores[lower]
+            apart = intervals_separate(a, b)
+            verdict = ("no interval" if apart is None else "intervals overlap" if not apart
+                       else "holds" if a["mean"] > b["mean"] else "reversed")
+            held += verdict == "holds"
+            total += 1
+            links.append(f"`{upper}` {a['mean']:.1f} > `{lower}` {b['mean']:.1f}: {verdict}")
+        lines.append(f"- {organ}: " + "; ".join(links))
+    head = (f"The paper's ordering, deformable > global > triangular > the best baseline, read organ by organ on "
+            f"the test films ({summary.get('attention_grid', '?')}x{summary.get('attention_grid', '?')} grid); a "
+            f"link holds only where the seeds' 95% intervals separate:")
+    tail = f"{held} of the {total} links hold."
+    return "\n\n".join([head, "\n".join(lines), tail])
 
 
 def lambda_sweep_reading(ablations: Mapping[str, Any]) -> str:
