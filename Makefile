@@ -14,6 +14,7 @@ DIGITS := data/.npm/package/src/digits/9.json
 
 help:
 	@echo "make book   build the book into _build/html (CPU, no download)"
+	@echo "make book DATA=/path/to/films READER=images   the same book on your own films"
 	@echo "make test   unit tests and notebook smoke runs"
 	@echo "make lab    JupyterLab on the paired notebooks"
 
@@ -64,7 +65,18 @@ SWEEP := OMP_NUM_THREADS=1 $(PY) -m spanlib sweep --notebook notebooks/03_pretra
 # by jupyter-cache, reading what the streams left) and builds the HTML with
 # warnings as errors.
 STUDY := OMP_NUM_THREADS=1 $(PY) -m spanlib sweep --preset book --param seed=0
+# The book on your own films: make book DATA=/path/to/films [READER=images] [PARTS_DATA=/path/to/casting_data]
+# [PRESET=book] runs `python -m spanlib book` (checks every set first, then the chapters on it, then the HTML).
+DATA ?=
+READER ?= images
+PARTS_DATA ?=
+PARTS_READER ?= casting
+PRESET ?= book
+OWN := $(if $(DATA),--data $(DATA) --reader $(READER)) $(if $(PARTS_DATA),--parts-data $(PARTS_DATA) --parts-reader $(PARTS_READER))
 book: $(STAMP) digits
+ifneq ($(strip $(DATA)$(PARTS_DATA)),)
+	$(PY) -m spanlib book --preset $(PRESET) $(OWN)
+else
 	$(PY) -m spanlib data make --preset book --out data/generated/book --quiet
 	rc=0; \
 	{ $(SWEEP) --param regimen=$(TRAINED) --param seed=$(SEEDS) \
@@ -81,6 +93,7 @@ book: $(STAMP) digits
 	  && $(STUDY) --notebook notebooks/09_refine_represent.md; } & other=$$!; \
 	wait $$chest || rc=1; wait $$other || rc=1; exit $$rc
 	$(VENV)/bin/jupyter-book build . -W --keep-going
+endif
 
 lab: $(STAMP)
 	$(PY) -m pip install -q -e '.[lab]'

@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("spanlib.bench.cli", "measurements behind the book's performance page"),
     "sweep": ("spanlib.book.cli", "run a grid of notebooks through papermill"),
     "params": ("spanlib.book.params", "a preset's papermill parameters as YAML (papermill -f)"),
+    "book": ("spanlib.book.own", "the book on your own films: check the sets, run the chapters on them, build the HTML"),
 }
 
 

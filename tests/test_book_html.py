@@ -1,16 +1,14 @@
-"""The built book, looked at: pages with figures and tables, screenshots in headless Chromium.
+"""The built book, looked at: pages with figures and tables, screenshots in headless Chromium, the user's numbers.
 
-A copy of the book's real pages is built in a temporary folder: every
-notebook of ``_toc.yml`` is executed with the ``smoke`` parameters
-(papermill, once per session: the ``smoke_notebooks`` fixture of
-``conftest.py``, shared with ``tests/test_notebooks.py``), the executed ``.ipynb`` replaces its text source, execution is
-switched off in the copied ``_config.yml``, and ``jupyter-book build -W
---keep-going`` must succeed. ``spanlib`` is linked, not copied (the kernel
-imports the installed package; the link lets ``spanlib.book.runs.project_root``
-find the copy). The caches ``runs/`` and ``data/generated/`` are linked to
-the repository's, the folders the notebook smoke runs of
-``tests/test_notebooks.py`` use, so a run trained by one is reused by the
-other (both are ignored by git and keyed by preset).
+The book is built by the one command a user runs on their own films,
+``python -m spanlib book`` (:func:`spanlib.book.own.own_book`), with the
+``smoke`` preset on a folder of films the tests write (mixed sizes and bit
+depths, masks, labels) and a casting-layout set without masks: it checks
+the sets, executes every notebook of ``_toc.yml`` (papermill, once per
+session: the executed copies are those of the ``smoke_notebooks`` fixture
+of ``conftest.py``, shared with ``tests/test_notebooks.py``), puts each in
+place of its text source in a copy of the book with execution off, and
+``jupyter-book build -W --keep-going`` must succeed.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import jupytext
@@ -31,8 +28,6 @@ from headless import Chromium, chromium_path
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 1280, 2000
-# Generated data and the npm digits under data/: shared with the repository, as runs/ is
-CACHES = ("generated", ".npm")
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -94,52 +89,21 @@ def _figures_as_text(notebook: nbformat.NotebookNode) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def built_book(tmp_path_factory, smoke_notebooks) -> dict:
-    """Copy the book, execute its notebooks with the smoke preset, build the HTML."""
-    root = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(REPO / name, root / name)
-    for bib in REPO.glob("*.bib"):
-        shutil.copy(bib, root / bib.name)
-    shutil.copytree(REPO / "book", root / "book")
-    if (REPO / "_static").is_dir():
-        shutil.copytree(REPO / "_static", root / "_static")
-    (root / "spanlib").symlink_to(REPO / "spanlib", target_is_directory=True)
-    (root / "data").mkdir()
-    for item in (REPO / "data").iterdir():
-        if item.name not in CACHES:
-            (shutil.copytree if item.is_dir() else shutil.copy)(item, root / "data" / item.name)
-    shared = [Path("runs"), Path("data/generated")] + ([Path("data/.npm")] if (REPO / "data/.npm").is_dir() else [])
-    for cache in shared:
-        (REPO / cache).mkdir(parents=True, exist_ok=True)
-        (root / cache).symlink_to(REPO / cache, target_is_directory=True)
+def built_book(smoke_notebooks) -> dict:
+    """The book built by the one command, ``python -m spanlib book`` (:func:`spanlib.book.own.own_book`), with the
+    smoke preset on the smoke notebooks' own films: its chapters are the ones the notebook smoke runs executed
+    (same source and parameters), so nothing runs twice; the HTML is built with warnings as errors."""
+    from spanlib.book.own import own_book
 
+    lines: list[str] = []
+    index = own_book(smoke_notebooks.sets, "smoke", out=smoke_notebooks.folder.parent, report=lines.append,
+                     progress=False)
+    html = index.parent
     entries = toc_files(yaml.safe_load((REPO / "_toc.yml").read_text()))
-    notebooks: dict[str, nbformat.NotebookNode] = {}
-    for entry in entries:
-        source = _source(REPO, entry)
-        target = root / source.relative_to(REPO)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_relative_to(REPO / "book"):
-            continue  # copied with book/
-        notebook = jupytext.read(source)
-        if "kernelspec" not in notebook.metadata:
-            shutil.copy(source, target)
-            continue
-        executed = target.with_suffix(".ipynb")
-        shutil.copy(smoke_notebooks.executed(source), executed)
-        notebooks[entry] = nbformat.read(executed, as_version=4)
-    if (REPO / "notebooks" / "params").is_dir():
-        shutil.copytree(REPO / "notebooks" / "params", root / "notebooks" / "params", dirs_exist_ok=True)
-
-    config = yaml.safe_load((root / "_config.yml").read_text())
-    config.setdefault("execute", {})["execute_notebooks"] = "off"
-    (root / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    book_cmd = Path(sys.executable).with_name("jupyter-book")
-    result = subprocess.run([str(book_cmd), "build", str(root), "-W", "--keep-going"], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, f"jupyter-book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
-    return {"root": root, "html": root / "_build" / "html", "entries": entries, "notebooks": notebooks}
+    notebooks = {entry: nbformat.read(smoke_notebooks.folder / f"{Path(entry).name}.ipynb", as_version=4)
+                 for entry in entries if (smoke_notebooks.folder / f"{Path(entry).name}.ipynb").is_file()}
+    return {"root": html.parent.parent, "html": html, "entries": entries, "notebooks": notebooks, "lines": lines,
+            "sets": smoke_notebooks.sets}
 
 
 def test_notebook_pages_have_figures_and_tables(built_book):
@@ -186,6 +150,23 @@ def test_pages_render_in_headless_chromium(built_book, tmp_path):
         white = {colour: count for count, colour in colours}.get((255, 255, 255), 0)
         assert white < 0.97 * WIDTH * HEIGHT, f"{entry}: the screenshot is almost all white"
 
+
+def test_the_pages_show_the_users_films_and_their_numbers(built_book):
+    """The data chapter names the user's folder; the knowledge-map chapter shows the Dice its own maps' build
+    reported on that folder's masks; the inspection chapter says which rule kept its backbone without part masks."""
+    html = built_book["html"]
+    chest = Path(built_book["sets"].data)
+    data_page = (html / "notebooks" / "01_data.html").read_text()
+    assert f"images reader at {chest.name}" in data_page
+    report = json.loads((REPO / "runs" / "smoke" / f"data-{chest.name}" / "maps" / "deformable" / "report.json").read_text())
+    assert report["count"] == 48 and report["dice_films"] == 48
+    maps_page = (html / "notebooks" / "02_knowledge_maps.html").read_text()
+    assert f"Of the 48 registered films, {report['fell_back']} fell back" in maps_page
+    for value in report["dice"].values():
+        assert f"{100 * value:.1f}" in maps_page
+    inspection = (html / "notebooks" / "06_inspection.html").read_text()
+    assert "the set has no part masks to score attention against" in inspection
+    assert any("no part masks" in line for line in built_book["lines"])
 
 
 def _pages(built_book) -> list[tuple[str, Path]]:

@@ -103,7 +103,11 @@ def test_reader_rejects_broken_index_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"samples\.csv: CSV lacks expected columns: b"):
         FolderDataset(root)
     csv.write_text(text.replace("s01,val,1", "s01,val,7").replace("s02,test", "s02,later"))
-    with pytest.raises(DataError, match=r"line 3: .*'7'.*line 4: split 'later'"):
+    kept = FolderDataset(root)  # bad rows are named and skipped, the rest loads
+    assert kept.ids == ["s00"] and [p.problem.split(":")[0] for p in kept.index_problems] == ["line 3", "line 4"]
+    assert "'7'" in kept.index_problems[0].problem and "split 'later'" in kept.index_problems[1].problem
+    csv.write_text(text.replace("s00,train", "s00,later").replace("s01,val,1", "s01,val,7").replace("s02,test", "s02,later"))
+    with pytest.raises(DataError, match=r"no good row: line 2: .*line 3: .*'7'.*line 4: split 'later'"):
         FolderDataset(root)
     meta = json.loads((root / "meta.json").read_text())
     del meta["mask_names"]

@@ -105,9 +105,12 @@ def test_chexpert_bad_csv(tmp_path: Path) -> None:
     (root / "train.csv").write_text(text.replace("Pleural Effusion", "Effusion"))
     with pytest.raises(DataError, match=r"train\.csv: CSV lacks expected columns: Pleural Effusion"):
         ChexpertDataset(root)
-    (root / "train.csv").write_text(text.replace("-1.0", "maybe"))
-    with pytest.raises(DataError, match=r"train\.csv: line 2: Atelectasis = 'maybe'"):
-        ChexpertDataset(root)
+    (root / "train.csv").write_text(text.replace("-1.0", "maybe", 1))
+    kept = ChexpertDataset(root)  # the bad row is named and skipped; the good rows load
+    assert [str(p) for p in kept.index_problems] == [
+        f"{root / 'train.csv'}: line 2: Atelectasis = 'maybe' (expected 1, 0, -1 or blank; row skipped)"]
+    assert len(kept) == len(ChexpertDataset(_chexpert(tmp_path / "again"))) - 1
+    assert scan(kept) == kept.index_problems
     with pytest.raises(DataError, match=r"nothere\.csv: missing file"):
         ChexpertDataset(root, csv="nothere.csv")
 

@@ -10,7 +10,7 @@ from spanlib.book.summary import FEWSHOT_KEPT, PART_TRAINED, TRAINED, build_abla
 from spanlib.core.configs import REGIMENS
 from spanlib.figures import tables
 
-SEEDS = (0, 1, 2)  # the results chapter's n_seeds: its smoke run and this test share the runs
+SEEDS = (0, 1)  # intervals over seeds need two (the smoke book's results chapter runs one seed, on written films)
 
 
 def _interval(v):
@@ -121,5 +121,5 @@ def test_score_run_makes_exactly_the_summary_s_evaluations(summary, monkeypatch)
     assert score_run("smoke", lam, 0, headline=False) == ["attention", "attention on validation"]
     parts = ensure_pretrained("smoke", "span_triangular", seed=1, dataset="parts")
     assert score_run("smoke", parts, 1, "parts") == ["attention on the training parts", "fewshot", "linear"]
-    dino = ensure_pretrained("smoke", "dino", seed=2)
-    assert score_run("smoke", dino, 2) == ["attention", "linear"]
+    dino = ensure_pretrained("smoke", "dino", seed=1)
+    assert score_run("smoke", dino, 1) == ["attention", "linear"]

@@ -221,11 +221,14 @@ CHANCE_AUC_BOUND = 65.0
 
 def kept_backbone_line(chosen: Mapping[str, Any]) -> str:
     """Which SPAN backbone the few-label probe keeps, and why (Markdown; see :func:`spanlib.book.summary.part_regimens`)."""
+    baselines = "Its baselines: " + ", ".join(f"`{r}`" for r in chosen["runs"] if r != chosen["kept_name"]) + "."
+    if not chosen["attention"]:  # no part masks: the stated rule instead of a choice by attention
+        return (f"The paper keeps the SPAN backbone with the best attention on the parts; here {chosen['rule']}, "
+                f"shown as `{chosen['kept_name']}`. " + baselines)
     scores = ", ".join(f"`{r}` {m:.1f}" for r, m in chosen["attention"].items())
     return (f"The few-label probe keeps the SPAN backbone with the best attention mAP on the *training* parts "
             f"(never the test parts), as the paper does: {scores}, so `{chosen['kept']}`, shown as "
-            f"`{chosen['kept_name']}`. Its baselines: " + ", ".join(f"`{r}`" for r in chosen["runs"] if r != chosen["kept_name"])
-            + ".")
+            f"`{chosen['kept_name']}`. " + baselines)
 
 
 def fewshot_verdict(check: pd.DataFrame, img_size: int, patch_size: int, epochs: int, part_size: int,
@@ -386,3 +389,29 @@ def digit_mass_lines(variants: Mapping[str, Any], names: Sequence[str], flat: fl
         lines.append(f"{r.label}: {mass.min():.2f} to {mass.max():.2f} % on the digit across heads "
                      f"(a flat map: {flat:.2f} %; the most, {mass.max() / flat:.1f} times the flat share)")
     return "\n".join(lines)
+
+
+def build_dice(builds: Mapping[str, Mapping[str, Any]]) -> tuple[pd.DataFrame | None, str]:
+    """What the map builds' reports say of their maps' Dice on the set's own masks: a table and a line (Markdown).
+
+    Args:
+        builds: kind -> the build's ``report.json`` (:func:`spanlib.maps.build.build_knowledge_maps`).
+
+    Returns:
+        ``(percent per kind and organ, or None, the reading)``; without masks in the set the
+        table is None and the line says so.
+    """
+    scored = {kind: report["dice"] for kind, report in builds.items() if report.get("dice")}
+    if not scored:
+        return None, ("The set has no masks of the maps' organs, so the builds could not score their maps: "
+                      "their Dice needs an annotated set (`templates dice --maps DIR --data ANNOTATED`).")
+    table = 100 * pd.DataFrame(scored).T
+    table["mean"] = table.mean(axis=1)
+    films = {report.get("dice_films") for report in builds.values() if report.get("dice")}
+    line = (f"Each build scored its maps against the set's own masks ({', '.join(map(str, sorted(films)))} films, "
+            "each at its own size).")
+    deformable = builds.get("deformable", {})
+    if "fell_back" in deformable:
+        line += (f" Of the {deformable['count']} registered films, {deformable['fell_back']} fell back "
+                 f"(to an affine transform or the {deformable.get('fallback_template')} maps).")
+    return table, line

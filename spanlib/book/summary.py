@@ -106,23 +106,33 @@ def part_regimens(preset: str, seed: int, parts: Path, parts_data: str | None, p
 
     The SPAN backbone is chosen by attention mAP on the parts' *training*
     split (the pretraining images, never the test split), as the paper keeps
-    the backbone with the best attention for its few-label probe.
+    the backbone with the best attention for its few-label probe. A set
+    without part masks (a real inspection set, such as the casting folders)
+    has nothing to score attention against: the first of
+    :data:`PART_SPAN_REGIMENS` is kept, and ``rule`` says so. That is checked
+    before anything trains.
 
     Returns:
         ``{"runs": {name: RunHandle}, "kept": regimen, "kept_name": FEWSHOT_KEPT,
-        "attention": {regimen: mAP}}``.
+        "attention": {regimen: mAP} (empty without masks), "rule": how it was kept, in words}``.
     """
+    masked = bool(open_dataset(parts_reader, parts).mask_names)
     shown = chapter_regimens(preset, pretrained)
     runs = {r: ensure_pretrained(preset, r, seed=seed, dataset="parts", data=parts_data, reader=parts_reader,
                                  pretrained=pretrained)
             for r in FEWSHOT_BASELINES + PART_SPAN_REGIMENS if r in shown}
     attention = {r: _mean_map(evaluate("attention", runs[r].path, parts, reader=parts_reader, test_on="train",
                                        out=runs[r].path / "eval" / "attention-parts-train.json")["organs"])
-                 for r in PART_SPAN_REGIMENS}
-    kept = max(attention, key=attention.get)
+                 for r in (PART_SPAN_REGIMENS if masked else ())}
+    if masked:
+        kept, rule = max(attention, key=attention.get), "best attention mAP on the training parts"
+    else:
+        kept = PART_SPAN_REGIMENS[0]
+        rule = (f"the set has no part masks to score attention against, so the first SPAN regimen, "
+                f"`{kept}`, is kept without a choice")
     chosen = {r: runs[r] for r in FEWSHOT_BASELINES if r in runs}
     chosen[FEWSHOT_KEPT] = runs[kept]
-    return {"runs": chosen, "kept": kept, "kept_name": FEWSHOT_KEPT, "attention": attention}
+    return {"runs": chosen, "kept": kept, "kept_name": FEWSHOT_KEPT, "attention": attention, "rule": rule}
 
 
 def map_dice(preset: str, data: str | None = None, reader: str = "folder", maps_from: str | None = None

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
-from spanlib.data.imageio import Size, parse_size, read_image, read_mask, resize_image, resize_mask
+from spanlib.data.imageio import Size, capped_size, parse_size, read_image, read_mask, resize_image, resize_mask
 from spanlib.data.sample import DataError, Problem, Sample
 
 T = TypeVar("T")
@@ -71,6 +71,14 @@ class RecordDataset(Sequence[Sample]):
         meta: a description of the dataset (for the folder format, the
             content of ``meta.json``).
         size: ``(height, width)`` every sample is resized to, or ``None``.
+        max_side: when ``size`` is None, a film whose longer side is larger
+            is shrunk to it, aspect kept (masks by nearest neighbour): what a
+            verb needs of a folder of films of any size, without holding
+            2048-pixel films in memory (None: every film at its own size).
+        index_problems: what the reader found wrong while indexing (a bad CSV
+            row, an image lacking a mask, a mask without an image): those
+            rows or files are left out, and :func:`spanlib.data.scan.scan`
+            lists them with the bad files.
     """
 
     reader_name: str = "records"
@@ -91,6 +99,8 @@ class RecordDataset(Sequence[Sample]):
         self.label_names = tuple(label_names)
         self.meta = meta
         self.size: Size | None = parse_size(size)
+        self.max_side: int | None = None
+        self.index_problems: list[Problem] = []
 
     def __len__(self) -> int:
         return len(self.records)
@@ -178,9 +188,10 @@ class RecordDataset(Sequence[Sample]):
         if problems:
             return None
         masks = self.orient(record, masks)
-        if self.size is not None:
-            image = resize_image(image, self.size)
-            masks = {name: resize_mask(mask, self.size) for name, mask in masks.items()}
+        target = self.size if self.size is not None else capped_size(image.shape, self.max_side)
+        if target != image.shape[:2]:
+            image = resize_image(image, target)
+            masks = {name: resize_mask(mask, target) for name, mask in masks.items()}
         labels = {name: float(record.labels.get(name, math.nan)) for name in self.label_names}
         return Sample(id=record.id, image=image, masks=masks, labels=labels, split=record.split)
 

@@ -24,8 +24,9 @@ from typing import Any
 from spanlib.core.configs import preset_names
 from spanlib.data.generate import make_default_data
 from spanlib.data.importer import import_dataset
-from spanlib.data.readers import READERS, UNCERTAIN_POLICIES
-from spanlib.data.scan import scan_dataset
+from spanlib.data.readers import READERS, UNCERTAIN_POLICIES, open_dataset
+from spanlib.data.sample import DataError
+from spanlib.data.scan import bad_samples, scan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,11 +104,17 @@ def run(args: argparse.Namespace) -> int:
         return 0  # complete: failures are in the report, as the line above says
 
     try:
-        count, problems = scan_dataset(args.reader, args.root, progress=not args.quiet, **_reader_options(args))
+        dataset = open_dataset(args.reader, args.root, **_reader_options(args))
+    except DataError as error:
+        print(f"BAD {error}")
+        print(f"{args.reader} at {args.root}: 0 samples, 1 problem(s)")
+        return 1
     except (TypeError, ValueError) as error:  # an option the reader does not take, or a bad value
         print(f"data scan: {error}")
         return 2
+    problems = scan(dataset, progress=not args.quiet)
     for problem in problems:
         print(f"BAD {problem}")
-    print(f"{args.reader} at {args.root}: {count} samples, {len(problems)} problem(s)")
+    good = len(dataset) - len(bad_samples(dataset, problems))
+    print(f"{args.reader} at {args.root}: {len(dataset)} samples, {good} good, {len(problems)} problem(s)")
     return 1 if problems else 0

@@ -27,7 +27,7 @@ import numpy as np
 
 from spanlib.data.base import Record, RecordDataset
 from spanlib.data.imageio import read_image, write_png
-from spanlib.data.sample import SPLITS, DataError, Sample
+from spanlib.data.sample import SPLITS, DataError, Problem, Sample
 
 FORMAT = "spanlib-folder/1"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -99,8 +99,11 @@ class FolderDataset(RecordDataset):
         size: resize every sample to this size (int = square); masks use
             nearest neighbour.
 
+    A bad row of ``samples.csv`` (an unsafe or repeated id, an unknown split,
+    a bad label) is named in ``index_problems`` and skipped; the rest loads.
+
     Raises:
-        DataError: missing or malformed ``meta.json`` or ``samples.csv``.
+        DataError: missing or malformed ``meta.json`` or ``samples.csv``, or no good row.
     """
 
     reader_name = "folder"
@@ -142,10 +145,11 @@ class FolderDataset(RecordDataset):
                     split=row_split,
                 )
             )
-        if bad:
+        if not records and bad:
             shown = "; ".join(bad[:20]) + (f"; ... ({len(bad)} bad rows)" if len(bad) > 20 else "")
-            raise DataError(csv_path, shown)
+            raise DataError(csv_path, f"no good row: {shown}")
         super().__init__(root, records, mask_names, label_names, meta, size)
+        self.index_problems = [Problem(str(csv_path), f"{problem} (row skipped)") for problem in bad]
         self.split = split
 
     def read_image_file(self, path: Path) -> np.ndarray:
@@ -153,8 +157,10 @@ class FolderDataset(RecordDataset):
         return read_image(path, grey=False)
 
     def subset(self, split: str | None) -> FolderDataset:
-        """The same dataset restricted to one split (``None``: all rows)."""
-        return FolderDataset(self.root, split=split, size=self.size)
+        """The same dataset restricted to one split (``None``: all rows; films capped at the same side)."""
+        sub = FolderDataset(self.root, split=split, size=self.size)
+        sub.max_side = self.max_side
+        return sub
 
 
 def check_sample_id(sample_id: str) -> None:

@@ -13,6 +13,7 @@ always gives the same bytes.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,15 +49,31 @@ def parse_size(size: int | tuple[int, int] | None) -> Size | None:
     return height, width
 
 
+def _too_large(path: Path, error: Exception) -> DataError:
+    """A film whose header claims more pixels than Pillow decodes safely (a decompression bomb or a corrupt header)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return DataError(path, f"too large to decode safely ({error}; Pillow's limit is {limit:,} pixels): a corrupt "
+                           "header or a decompression bomb; shrink the film or remove it")
+
+
 @contextmanager
 def _opened(path: Path) -> Iterator[Image.Image]:
-    """An image decoded by Pillow, its file closed on exit (GIFs keep theirs open otherwise)."""
+    """An image decoded by Pillow, its file closed on exit (GIFs keep theirs open otherwise).
+
+    A header claiming more than Pillow's ``MAX_IMAGE_PIXELS`` (about 89
+    million pixels, the point where Pillow itself warns) is refused before
+    any pixel is decoded, as a :class:`DataError` naming the file.
+    """
     if not path.is_file():
         raise DataError(path, "missing file")
-    try:
-        image = Image.open(path)
-    except (OSError, SyntaxError, ValueError, zlib.error) as error:
-        raise DataError(path, f"unreadable or truncated image ({type(error).__name__}: {error})") from error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise _too_large(path, error) from error
+        except (OSError, SyntaxError, ValueError, zlib.error) as error:
+            raise DataError(path, f"unreadable or truncated image ({type(error).__name__}: {error})") from error
     with image:
         try:
             image.load()
@@ -68,10 +85,13 @@ def _opened(path: Path) -> Iterator[Image.Image]:
 def _unit_array(path: Path, image: Image.Image, grey: bool) -> np.ndarray:
     """Pixel values of a decoded image as float32 in [0, 1]."""
     if image.mode in _GREY_16:
-        array = np.asarray(image).astype(np.float64)
+        array = np.asarray(image)
         if array.size and (array.min() < 0 or array.max() > 65535):
             raise DataError(path, f"pixel values outside 0..65535 in a {image.mode} image")
-        return (array / 65535.0).astype(np.float32)
+        # float32 holds every 16-bit value exactly: no float64 copy of a 2048-pixel film
+        unit = array.astype(np.float32)
+        unit /= np.float32(65535.0)
+        return unit
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float32)
         if array.size and (not np.isfinite(array).all() or array.min() < 0 or array.max() > 1):
@@ -219,6 +239,18 @@ def resize_image(image: np.ndarray, size: Size) -> np.ndarray:
         (width, height), Image.Resampling.BILINEAR
     )
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def capped_size(shape: tuple[int, ...], max_side: int | None) -> Size:
+    """``(height, width)`` of an image shrunk, aspect kept, so that its longer side is at most ``max_side``.
+
+    An image already small enough (or ``max_side`` None) keeps its size.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize_mask(mask: np.ndarray, size: Size) -> np.ndarray:

@@ -16,7 +16,10 @@ it) or left empty is unknown (nan).
 Images without a mask for every organ folder are left out when masks are
 asked for (``require_masks=True``, the default when ``masks/`` exists) and
 listed in :attr:`ImagesDataset.skipped`; pretraining on unlabelled films
-passes ``require_masks=False``.
+passes ``require_masks=False``. Those images, masks without an image and bad
+rows of ``labels.csv`` / ``splits.csv`` are named in
+:attr:`~spanlib.data.base.RecordDataset.index_problems` (the scan lists
+them) and left out; the rest loads.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 from spanlib.data.base import Record, RecordDataset
 from spanlib.data.folder import read_csv_rows
 from spanlib.data.imageio import read_image
-from spanlib.data.sample import SPLITS, DataError
+from spanlib.data.sample import SPLITS, DataError, Problem
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 """File types the generic reader indexes (case-insensitive)."""
@@ -74,50 +77,63 @@ def _finding(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
-def read_labels(path: Path, ids: set[str]) -> tuple[tuple[str, ...], dict[str, dict[str, float]]]:
+def read_labels(path: Path, ids: set[str], problems: list[Problem] | None = None
+                ) -> tuple[tuple[str, ...], dict[str, dict[str, float]]]:
     """Read ``labels.csv``: its finding columns, and ``id -> {finding: value}``.
 
+    A bad row (a value other than 1, 0, -1 or empty, an id twice, an id with
+    no image) is named in ``problems`` and skipped: its film keeps unknown
+    labels, the other rows load.
+
     Raises:
-        DataError: no ``id`` column, a bad value, a duplicate id, or an id with no image.
+        DataError: no ``id`` column, or (without ``problems``) a bad row.
     """
     rows = read_csv_rows(path, ("id",))
     with path.open(newline="", encoding="utf-8") as handle:
         columns = next(csv.reader(handle), [])
     names = tuple(c for c in columns if c != "id" and c.strip())
     labels: dict[str, dict[str, float]] = {}
-    unknown = []
     for line, row in enumerate(rows, start=2):
         sample_id = (row["id"] or "").strip()
-        if sample_id in labels:
-            raise DataError(path, f"line {line}: id {sample_id!r} appears twice")
-        if sample_id not in ids:
-            unknown.append(sample_id)
-            continue
-        labels[sample_id] = {name: _finding(row[name], path, line, name) for name in names}
-    if unknown:
-        shown = ", ".join(repr(i) for i in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise DataError(path, f"ids with no file in images/: {shown}")
+        try:
+            if sample_id in labels:
+                raise DataError(path, f"line {line}: id {sample_id!r} appears twice (the first row is kept)")
+            if sample_id not in ids:
+                raise DataError(path, f"line {line}: id {sample_id!r} has no file in images/ (row skipped)")
+            labels[sample_id] = {name: _finding(row[name], path, line, name) for name in names}
+        except DataError as error:
+            if problems is None:
+                raise
+            problems.append(Problem.from_error(error, sample_id or None))
     return names, labels
 
 
-def read_splits(path: Path, ids: set[str]) -> dict[str, str]:
-    """Read ``splits.csv`` (``id, split``); every image must have a row.
+def read_splits(path: Path, ids: set[str], problems: list[Problem] | None = None) -> dict[str, str]:
+    """Read ``splits.csv`` (``id, split``); an image with no valid row is left out.
+
+    A bad row (an unknown split, an id twice) and an image with no row are
+    named in ``problems``; the rest loads.
 
     Raises:
-        DataError: missing columns, an unknown split, an id twice, or an image with no row.
+        DataError: missing columns, or (without ``problems``) any of the above.
     """
     rows = read_csv_rows(path, ("id", "split"))
     splits: dict[str, str] = {}
+    found: list[DataError] = []
     for line, row in enumerate(rows, start=2):
         sample_id, split = (row["id"] or "").strip(), (row["split"] or "").strip()
         if split not in SPLITS:
-            raise DataError(path, f"line {line}: split {split!r} is not one of {', '.join(SPLITS)}")
-        if sample_id in splits:
-            raise DataError(path, f"line {line}: id {sample_id!r} appears twice")
-        splits[sample_id] = split
-    missing = sorted(ids - set(splits))
-    if missing:
-        raise DataError(path, f"{len(missing)} image(s) have no split, e.g. {missing[0]!r}")
+            found.append(DataError(path, f"line {line}: split {split!r} of {sample_id!r} is not one of "
+                                         f"{', '.join(SPLITS)} (row skipped)"))
+        elif sample_id in splits:
+            found.append(DataError(path, f"line {line}: id {sample_id!r} appears twice (the first row is kept)"))
+        else:
+            splits[sample_id] = split
+    found += [DataError(path, f"image {i!r} has no split (left out)") for i in sorted(ids - set(splits))]
+    if found and problems is None:
+        raise found[0]
+    if problems is not None:
+        problems.extend(Problem.from_error(error) for error in found)
     return splits
 
 
@@ -149,6 +165,12 @@ def read_dicom(path: Path) -> np.ndarray:
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         values = 1.0 - values
     return values.astype(np.float32)
+
+
+def _orphan_masks(masks: dict[str, dict[str, Path]], images: dict[str, Path]) -> list[Problem]:
+    """Every mask file whose id has no image in ``images/``."""
+    return [Problem(str(path), f"mask with no image (no images/{stem}.*)", stem)
+            for organ in sorted(masks) for stem, path in masks[organ].items() if stem not in images]
 
 
 class ImagesDataset(RecordDataset):
@@ -193,21 +215,28 @@ class ImagesDataset(RecordDataset):
             require_masks = bool(organs)
         masks = {organ: _files_by_stem(mask_dir / organ) for organ in organs} if require_masks else {}
         ids = set(images)
-        label_names, labels = read_labels(root / "labels.csv", ids) if (root / "labels.csv").is_file() else ((), {})
+        problems: list[Problem] = []
+        label_names, labels = (read_labels(root / "labels.csv", ids, problems) if (root / "labels.csv").is_file()
+                               else ((), {}))
         self.seeded_split = not (root / "splits.csv").is_file()
         self.splits_from = f"seeded (seed {seed}, {split_fractions})" if self.seeded_split else "splits.csv"
         splits = (
             {i: seeded_split(i, seed, split_fractions) for i in images}
             if self.seeded_split
-            else read_splits(root / "splits.csv", ids)
+            else read_splits(root / "splits.csv", ids, problems)
         )
         self.skipped: dict[str, str] = {}
         records = []
         for sample_id, path in images.items():
+            if sample_id not in splits:
+                self.skipped[sample_id] = "no split in splits.csv"
+                continue
             if require_masks:
                 lacking = [organ for organ in organs if sample_id not in masks[organ]]
                 if lacking:
                     self.skipped[sample_id] = f"no mask for {', '.join(lacking)}"
+                    problems.append(Problem(str(path), f"no mask for {', '.join(lacking)} in "
+                                            f"{', '.join(f'masks/{o}/' for o in lacking)} (image left out)", sample_id))
                     continue
             if split is not None and splits[sample_id] != split:
                 continue
@@ -220,11 +249,13 @@ class ImagesDataset(RecordDataset):
                     split=splits[sample_id],
                 )
             )
+        problems += _orphan_masks(masks, images)
         if not records:
-            why = f" ({len(self.skipped)} image(s) lack a mask)" if self.skipped else ""
+            why = f" ({len(self.skipped)} image(s) left out: {next(iter(self.skipped.values()))}...)" if self.skipped else ""
             raise DataError(root, f"no image left{' in split ' + repr(split) if split else ''}{why}")
         meta = {"kind": "folder", "source": f"images reader at {root.name}", "splits": self.splits_from}
         super().__init__(root, records, tuple(masks), label_names, meta, size)
+        self.index_problems = problems
         self.split = split
         self._options: dict[str, Any] = {
             "require_masks": require_masks, "seed": seed, "split_fractions": split_fractions, "size": size,
@@ -237,8 +268,10 @@ class ImagesDataset(RecordDataset):
         return read_image(path, grey=False)
 
     def subset(self, split: str | None) -> ImagesDataset:
-        """The same folder restricted to one split."""
-        return ImagesDataset(self.root, split=split, **self._options)
+        """The same folder restricted to one split (films capped at the same side)."""
+        sub = ImagesDataset(self.root, split=split, **self._options)
+        sub.max_side = self.max_side
+        return sub
 
     def write_splits(self, path: str | Path) -> Path:
         """Write the split of every image read (``id, split``) to a CSV, e.g. beside a result."""

@@ -6,7 +6,9 @@ Every written sample is appended to ``import-journal.csv`` as it lands; a
 killed import started again skips the samples in the journal whose files are
 there and goes on. A sample that fails to load (corrupt file, a mask of the
 wrong size) is recorded in ``import-report.json`` with the file and the
-problem, and the import goes on. ``meta.json`` is written last: it marks a
+problem, and the import goes on; so is what the reader left out while
+indexing (a bad CSV row, an image lacking a mask, a mask without an image),
+the rules :func:`spanlib.data.scan.scan` reports by. ``meta.json`` is written last: it marks a
 complete dataset.
 """
 
@@ -92,6 +94,9 @@ def import_dataset(
     if (out / "meta.json").exists():
         (out / "meta.json").unlink()  # not complete again until this import finishes
     written, resumed, failures = _write_samples(dataset, out, header, done, bit_depth, progress)
+    # what the reader left out while indexing (bad CSV rows, images lacking a mask, masks without an image)
+    failures = [{"id": p.sample_id or "", "path": p.path, "problem": p.problem}
+                for p in getattr(dataset, "index_problems", [])] + failures
     rows = list(_read_journal(journal_path)[1].values())
     summary = {
         "reader": getattr(dataset, "reader_name", "records"),
@@ -100,7 +105,7 @@ def import_dataset(
         "samples": len(dataset.records),
         "written": written,
         "resumed": resumed,
-        "failed": len({f["id"] for f in failures}),
+        "failed": len({f["id"] or f["path"] for f in failures}),
         "failures": failures,
         "seconds": round(time.perf_counter() - start, 2),
     }

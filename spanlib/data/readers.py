@@ -32,7 +32,7 @@ from spanlib.data.base import Record, RecordDataset
 from spanlib.data.folder import FolderDataset, read_csv_rows
 from spanlib.data.images import ImagesDataset
 from spanlib.data.imageio import block_mean, read_image, read_raw_image
-from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS, DataError
+from spanlib.data.sample import CHEST_LABELS, CHEST_ORGANS, DataError, Problem
 
 UNCERTAIN_POLICIES: tuple[str, ...] = ("ones", "zeros", "ignore")
 
@@ -71,8 +71,11 @@ class ChexpertDataset(RecordDataset):
             ``train`` -> train, ``valid`` -> val, ``test`` -> test).
         size: resize to this size.
 
+    A row with a bad cell is named in ``index_problems`` and skipped; the
+    rest loads (one bad row of 224,000 does not lose the set).
+
     Raises:
-        DataError: missing CSV, missing columns, or bad cells (all listed).
+        DataError: missing CSV, missing columns, or no good row.
     """
 
     reader_name = "chexpert"
@@ -106,21 +109,16 @@ class ChexpertDataset(RecordDataset):
             if not relative.parts:
                 bad.append(f"line {line}: empty Path")
                 continue
-            labels = {}
-            for name in CHEST_LABELS:
-                cell = (row[name] or "").strip()
-                key = cell[:-2] if cell.endswith(".0") else cell
-                if cell == "":
-                    labels[name] = blank_value
-                elif key in values:
-                    labels[name] = values[key]
-                else:
-                    bad.append(f"line {line}: {name} = {cell!r} (expected 1, 0, -1 or blank)")
+            labels, wrong = _chexpert_labels(row, values, blank_value)
+            if wrong:
+                bad.append(f"line {line}: {'; '.join(wrong)} (expected 1, 0, -1 or blank; row skipped)")
+                continue
             base = root.parent if relative.parts[0] == root.name else root
             parts = relative.with_suffix("").parts[1 if relative.parts[0] == root.name else 0 :]
             records.append(Record(id="_".join(parts), image=base / relative, labels=labels, split=split))
-        if bad:
-            raise DataError(csv_path, "; ".join(bad[:20]) + (f"; ... ({len(bad)} bad cells)" if len(bad) > 20 else ""))
+        if bad and not records:
+            raise DataError(csv_path, "no good row: " + "; ".join(bad[:20])
+                            + (f"; ... ({len(bad)} bad rows)" if len(bad) > 20 else ""))
         meta = {
             "kind": "chest",
             "source": "CheXpert (Stanford AIMI)",
@@ -129,6 +127,23 @@ class ChexpertDataset(RecordDataset):
             "blank": blank,
         }
         super().__init__(root, _nonempty(csv_path, records, "frontal rows"), (), CHEST_LABELS, meta, size)
+        self.index_problems = [Problem(str(csv_path), problem) for problem in bad]
+
+
+def _chexpert_labels(row: dict[str, str], values: dict[str, float], blank_value: float
+                     ) -> tuple[dict[str, float], list[str]]:
+    """The six labels of one CheXpert row, and its bad cells (``Name = 'cell'``)."""
+    labels, wrong = {}, []
+    for name in CHEST_LABELS:
+        cell = (row[name] or "").strip()
+        key = cell[:-2] if cell.endswith(".0") else cell
+        if cell == "":
+            labels[name] = blank_value
+        elif key in values:
+            labels[name] = values[key]
+        else:
+            wrong.append(f"{name} = {cell!r}")
+    return labels, wrong
 
 
 _JSRT_ID = re.compile(r"^JPC[LN]N\d{3}$", re.IGNORECASE)
@@ -369,7 +384,9 @@ def open_dataset(name: str, root: str | Path, **options: Any) -> RecordDataset:
         name: one of :data:`READERS`.
         root: the dataset folder.
         **options: the reader's keyword arguments (``size``, ``split``,
-            ``csv``, ``uncertain``, ...).
+            ``csv``, ``uncertain``, ...), and ``max_side``: films larger than
+            this on their longer side are shrunk to it when read, aspect kept
+            (:attr:`~spanlib.data.base.RecordDataset.max_side`).
 
     Raises:
         ValueError: unknown reader name.
@@ -377,4 +394,7 @@ def open_dataset(name: str, root: str | Path, **options: Any) -> RecordDataset:
     """
     if name not in READERS:
         raise ValueError(f"unknown reader {name!r}; known: {', '.join(READERS)}")
-    return READERS[name](root, **options)
+    max_side = options.pop("max_side", None)
+    dataset = READERS[name](root, **options)
+    dataset.max_side = max_side
+    return dataset

@@ -24,6 +24,7 @@ import torch
 from spanlib.core.checkpoint import write_json
 from spanlib.core.configs import Config
 from spanlib.data import open_dataset
+from spanlib.data.imageio import resize_mask
 from spanlib.eval import probe
 from spanlib.eval.ap import attention_average_precision, upsample_nearest
 from spanlib.eval.extract import cached_extract, dataset_key, extract  # noqa: F401 - where callers found them
@@ -32,6 +33,11 @@ from spanlib.eval.sets import SelectionError, selection_set, test_set, training_
 from spanlib.model.export import load_backbone
 
 KINDS = ("attention", "linear", "fewshot", "knn")
+
+READ_SIDE = 1024
+"""Films are read at most this side (longer side, aspect kept) unless a ``size`` is asked: a set of 2048-pixel
+16-bit films is scored without holding it in memory at full size. The model sees every film resized to its input
+side anyway; the masks are scored at the films' size (or see :func:`scoring_masks`)."""
 
 
 def _stamp(path: Path) -> list[int] | None:
@@ -115,8 +121,23 @@ def attention_scores(
     return out
 
 
-def _masks(samples: Sequence, organs: Sequence[str]) -> dict[str, torch.Tensor]:
-    return {o: torch.from_numpy(np.stack([samples[i].masks[o] for i in range(len(samples))])) for o in organs}
+def scoring_masks(samples: Sequence, organs: Sequence[str], side: int) -> tuple[dict[str, torch.Tensor], str]:
+    """The ground-truth masks attention is scored against, and the resolution, in words.
+
+    Films of one size are scored at that size (the attention upsampled to
+    it). Films of mixed sizes are scored at ``side x side`` (the model's
+    input side, the square every film is resized to before the model sees
+    it): each mask is resized there by nearest neighbour.
+    """
+    loaded = [samples[i].masks for i in range(len(samples))]
+    shapes = {m[o].shape for m in loaded for o in organs}
+    if len(shapes) <= 1:
+        (height, width), = shapes or {(side, side)}
+        how = f"{width}x{height} px, the films' own size"
+    else:
+        how = f"{side}x{side} px, the model's input (the films differ in size: {len(shapes)} sizes)"
+        loaded = [{o: resize_mask(m[o], (side, side)) for o in organs} for m in loaded]
+    return {o: torch.from_numpy(np.stack([m[o] for m in loaded])) for o in organs}, how
 
 
 def _labels(samples: Any, names: Sequence[str]) -> np.ndarray:
@@ -144,8 +165,12 @@ def _attention_result(
     select_on: str | None,
     reader: str,
     options: dict[str, Any],
+    side: int,
 ) -> dict[str, Any]:
-    """``organs`` and ``attention`` of an attention evaluation; a head not assigned is chosen off the test set."""
+    """``organs`` and ``attention`` of an attention evaluation; a head not assigned is chosen off the test set.
+
+    ``side``: the model's input side, where films of mixed sizes are scored (:func:`scoring_masks`).
+    """
     result: dict[str, Any] = {}
     organs = list(test.mask_names)
     if not organs:
@@ -157,10 +182,12 @@ def _attention_result(
         missing = [o for o in organs if o not in val.mask_names]
         if missing:
             raise SelectionError(f"{select_how}: the selection set has no masks for {', '.join(missing)}")
-        val_scores = attention_scores(extracted(val)["attention"], _masks(val, organs), {})
+        val_masks, _ = scoring_masks(val, organs, side)
+        val_scores = attention_scores(extracted(val)["attention"], val_masks, {})
         choice = {o: val_scores[o]["head"] for o in organs if o not in assigned}
         result["selection_set"], result["selection_images"] = select_how, len(val)
-    scores = attention_scores(extracted(test)["attention"], _masks(test, organs), assigned, choice)
+    test_masks, result["masks_scored_at"] = scoring_masks(test, organs, side)
+    scores = attention_scores(extracted(test)["attention"], test_masks, assigned, choice)
     result["organs"] = scores
     result["attention"] = {o: {"mean": s["mAP"], "head": s["head"], "head_chosen": s["head_chosen"],
                                "pointing": s["pointing"]} for o, s in scores.items()}
@@ -229,8 +256,9 @@ def evaluate(
     backbone = load_backbone(run)
     cfg, _, info = backbone
     data = Path(data)
-    whole = open_dataset(reader, data, **options)
-    test, test_how = test_set(whole, data, test_on, reader, options)
+    reading = options if "size" in options else {**options, "max_side": READ_SIDE}
+    whole = open_dataset(reader, data, **reading)
+    test, test_how = test_set(whole, data, test_on, reader, reading)
     result: dict[str, Any] = {"kind": kind, "run": str(run), "data": str(data), "reader": reader,
                               "regimen": cfg.regimen, "step": info["step"], "test_set": test_how,
                               "test_images": len(test), "synthetic": bool(test.meta.get("synthetic", False))}
@@ -238,9 +266,10 @@ def evaluate(
         result["eval_size"] = int(eval_size)
     extracted = functools.partial(cached_extract, run, img_size=eval_size, backbone=backbone)  # cached per set
     if kind == "attention":
-        result.update(_attention_result(whole, test, data, cfg, extracted, select_on, reader, options))
+        result.update(_attention_result(whole, test, data, cfg, extracted, select_on, reader, reading,
+                                        int(eval_size or cfg.model.img_size)))
     else:
-        train, train_how = training_set(whole, data, train_on, reader, options, test, test_how)
+        train, train_how = training_set(whole, data, train_on, reader, reading, test, test_how)
         result["train_set"], result["train_images"] = train_how, len(train)
         result.update(_probe_result(kind, train, test, extracted, seed))
     result["request"] = request

@@ -18,7 +18,10 @@ It writes a knowledge-map directory (layout in :mod:`spanlib.maps.store`):
 
 Every build ends with a summary report (``report.json``, or
 ``report-<i>-of-<n>.json`` for a shard): counts, failures with reasons,
-methods, quality distribution and time (:func:`summarise`). The command line
+methods, how many films fell back, quality distribution and time
+(:func:`summarise`), and, when the set has masks of the maps' organs, the
+built maps' Dice per organ against them
+(:func:`spanlib.maps.quality.build_dice`). The command line
 is :mod:`spanlib.maps.cli`.
 """
 
@@ -37,6 +40,7 @@ import numpy as np
 from spanlib.core.checkpoint import write_json
 from spanlib.core.mapspec import MAP_KINDS
 from spanlib.maps.heuristic import heuristic_maps
+from spanlib.maps.quality import build_dice
 from spanlib.maps.store import (
     MANIFEST,
     MAPS_DIR,
@@ -135,13 +139,20 @@ def build_knowledge_maps(
         report = _build_deformable(dataset, organs, out, size, workers, shard, exemplar, method, fallback,
                                    batch_size, overwrite, progress, registration_config, data_info, annotated,
                                    reader, reader_options)
-    report["time_s"] = round(time.perf_counter() - start, 3)
-    if kind == "deformable":
-        built = report["built"]
-        report["maps_per_s"] = round(built / report["time_s"], 3) if built and report["time_s"] > 0 else None
+    _finish_report(report, time.perf_counter() - start, out, dataset, shard)
     suffix = "" if shard == (0, 1) else f"-{shard[0]}-of-{shard[1]}"
     write_json(out / f"report{suffix}.json", report, **_JSON)
     return report
+
+
+def _finish_report(report: dict[str, Any], seconds: float, out: Path, dataset: Any, shard: tuple[int, int]) -> None:
+    """Time, speed and, for a whole build on a set with masks, the built maps' Dice against them (a shard sees part)."""
+    report["time_s"] = round(seconds, 3)
+    if report["kind"] == "deformable":
+        built = report["built"]
+        report["maps_per_s"] = round(built / report["time_s"], 3) if built and report["time_s"] > 0 else None
+    if shard == (0, 1):
+        report.update(build_dice(load_knowledge_maps(out), dataset))
 
 
 DEFAULT_SIZE = 64
@@ -483,6 +494,7 @@ def summarise(records: list[dict[str, Any]], workers: int, shard: tuple[int, int
         "cached": sum(r["status"] == "cached" for r in records),
         "rebuilt_corrupt": sum(bool(r.get("rebuilt")) for r in records),
         "errors": sum(r["status"] == "error" for r in records),
-        "methods": methods, "fallback_template": fallback_kind, "failures": failures, "quality": quality,
+        "methods": methods, "fell_back": sum(r["method"] != "deformable" for r in records if r["method"]),
+        "fallback_template": fallback_kind, "failures": failures, "quality": quality,
         "workers": workers, "shard": f"{shard[0]}/{shard[1]}", "exemplar": exemplar_id, "records": records,
     }

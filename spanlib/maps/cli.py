@@ -11,7 +11,10 @@ the builder in :mod:`spanlib.maps.build`)::
     python -m spanlib templates build --kind global --data CHEXPERT --reader chexpert --out DIR \
         --segmenter-from JSRT_FOLDER
 
-``dice`` scores a built directory against a dataset's ground-truth masks.
+A build on a set with masks reports (and prints, on standard error, beside
+the JSON report on standard output) the built maps' Dice per organ against
+them and how many films fell back. ``dice`` scores a built directory against
+another dataset's ground-truth masks.
 This module only parses arguments and calls the library.
 """
 
@@ -25,7 +28,7 @@ import sys
 from spanlib.data.readers import READERS
 from spanlib.core.mapspec import MAP_KINDS
 from spanlib.maps.build import METHODS, build_knowledge_maps, parse_shard
-from spanlib.maps.quality import dice_report
+from spanlib.maps.quality import dice_line, dice_report
 from spanlib.maps.store import load_knowledge_maps
 
 
@@ -100,4 +103,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"templates {args.action}: {error}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in report.items() if k != "records"}, indent=1))
+    if report.get("dice"):
+        print(dice_line(report), file=sys.stderr)
     return 0

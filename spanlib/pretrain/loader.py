@@ -111,6 +111,11 @@ class ViewDataset(Dataset):
     ways give the same views for the same seed (images and maps pass through
     the same ``uint8`` rounding).
 
+    A film that does not load in a set read into memory (a corrupt file, a
+    mask of the wrong size) is left out and named in :attr:`skipped`, with
+    what the reader left out while indexing, by the rules of
+    :func:`spanlib.data.scan.scan`; a lazily read set raises on it, naming the file.
+
     Args:
         samples: any sequence of :class:`spanlib.data.Sample` (a lazily reading
             dataset such as :class:`spanlib.data.FolderDataset` for large sets).
@@ -131,8 +136,9 @@ class ViewDataset(Dataset):
         self.ids: list[str] = []
         self.images: list[torch.Tensor] = []
         self.maps: list[torch.Tensor] = []
+        self.skipped: list = list(getattr(samples, "index_problems", []))
         if self.in_memory:
-            for s in samples:
+            for s in self._readable(samples):
                 image, maps_ = self._encode(s)
                 self.ids.append(s.id)
                 self.images.append(image)
@@ -141,6 +147,19 @@ class ViewDataset(Dataset):
             self.ids = list(samples.ids) if hasattr(samples, "ids") else [s.id for s in samples]
         if not self.ids:
             raise ValueError("no samples to pretrain on")
+
+    def _readable(self, samples: Sequence) -> Iterator:
+        """The samples that load; a bad file (as a scan names it) is recorded in :attr:`skipped` and left out."""
+        try_load = getattr(samples, "try_load", None)
+        for index in range(len(samples)):
+            if try_load is None:
+                yield samples[index]
+                continue
+            sample, problems = try_load(index)
+            if sample is None:
+                self.skipped += problems
+            else:
+                yield sample
 
     def _encode(self, s) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001 - a Sample
         m = self.map_source(s) if self.map_source is not None else np.zeros((0, *s.image.shape[:2]), np.float32)

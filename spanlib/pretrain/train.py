@@ -45,7 +45,8 @@ def load_samples(cfg: Config) -> Sequence:
 
     The folder and images readers keep only ``run.split``; another reader
     (CheXpert's ``train.csv``...) keeps the records of that split when it has
-    any, else every record. Pretraining reads no masks.
+    any, else every record. Pretraining reads no masks. Films are read at
+    most :func:`working_side` on their longer side, whatever their size.
     """
     if not cfg.run.data:
         raise ValueError("no data: set run.data (a dataset folder) or pass samples")
@@ -54,14 +55,28 @@ def load_samples(cfg: Config) -> Sequence:
     from spanlib.data import open_dataset
 
     if cfg.run.reader == "folder":
-        return open_dataset("folder", cfg.run.data, split=cfg.run.split)
-    if cfg.run.reader == "images":
-        return open_dataset("images", cfg.run.data, split=cfg.run.split, require_masks=False)
-    dataset = open_dataset(cfg.run.reader, cfg.run.data)
-    kept = [r for r in dataset.records if r.split == cfg.run.split]
-    if kept:
-        dataset.records, dataset.ids = kept, [r.id for r in kept]
+        dataset = open_dataset("folder", cfg.run.data, split=cfg.run.split)
+    elif cfg.run.reader == "images":
+        dataset = open_dataset("images", cfg.run.data, split=cfg.run.split, require_masks=False)
+    else:
+        dataset = open_dataset(cfg.run.reader, cfg.run.data)
+        kept = [r for r in dataset.records if r.split == cfg.run.split]
+        if kept:
+            dataset.records, dataset.ids = kept, [r.id for r in kept]
+    dataset.max_side = working_side(cfg)
     return dataset
+
+
+def working_side(cfg: Config) -> int:
+    """The longest side a pretraining film is kept at: twice the model's input side.
+
+    A global crop (at least 40% of the film's area in every preset) resized
+    to the input side loses nothing when the film is twice that side, so a
+    folder of 2048-pixel films is shrunk on reading (aspect kept) instead of
+    held in memory at full size. Every generated set of the presets is at
+    most this side already, so it is read unchanged.
+    """
+    return 2 * int(cfg.model.img_size)
 
 
 class PooledSamples(Sequence):
@@ -211,6 +226,12 @@ class Pretrainer:
         samples = self.samples if self.samples is not None else load_samples(cfg)
         maps = knowledge_map_source(cfg.span.knowledge_maps if self.use_span else None, self.organs if self.use_span else ())
         dataset = ViewDataset(samples, self.views, maps, cfg.run.seed)
+        if dataset.skipped and self.rt.main:
+            shown = "; ".join(str(p) for p in dataset.skipped[:5])
+            print(f"pretrain: {len(dataset.skipped)} bad file(s) or row(s) left out ({shown}"
+                  f"{' ...' if len(dataset.skipped) > 5 else ''}); `python -m spanlib data scan` lists them all")
+            write_json(self.out / "skipped.json", {"count": len(dataset.skipped),
+                                                   "problems": [str(p) for p in dataset.skipped]})
         sampler = EpochBatchSampler(len(dataset), cfg.optim.batch_size, cfg.run.seed, self.rt.rank, self.rt.world)
         loader = DataLoader(
             dataset,
