@@ -61,12 +61,14 @@ def test_the_disk_cache_in_chunks_equals_one_pass_and_resumes(smoke_run, tmp_pat
     out = cached_extract(run, films, backbone=backbone, chunk=7, device="cpu")
     assert calls == [0, 7, 14, 14, 21, 28]  # killed in the third chunk, resumed there: 32 films in chunks of 7
     assert out["ids"] == whole["ids"] == films.ids
-    torch.testing.assert_close(out["features"], whole["features"], rtol=0, atol=0)
-    torch.testing.assert_close(out["attention"], whole["attention"], rtol=0, atol=0)
+    # chunks of 7 against the whole set's batches: the same numbers up to float32 summation order (BLAS blocks a
+    # matrix product by its batch size, and by the thread count)
+    torch.testing.assert_close(out["features"], whole["features"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["attention"], whole["attention"], rtol=1e-4, atol=1e-5)
     assert isinstance(out["features"], torch.Tensor) and DiskCache(folder).complete()
     before = len(calls)
     again = cached_extract(run, films, backbone=backbone, chunk=7, device="cpu")  # complete: read back, no forward
-    assert len(calls) == before and torch.equal(again["features"], whole["features"])
+    assert len(calls) == before and torch.equal(again["features"], out["features"])  # read back as written
 
 
 @pytest.mark.gpu
