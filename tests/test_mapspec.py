@@ -33,7 +33,7 @@ def test_the_knowledge_map_chapter_reads_its_report_from_the_rule_s_folder():
     """Notebook 02 takes every folder, the deformable report's included, from the one rule (no path of its own)."""
     text = (project_root() / "notebooks" / "02_knowledge_maps.md").read_text()
     assert "knowledge_maps_dir(MapSpec(kind)" in text and "data=data or None" in text
-    assert 'folders["deformable"] / "report.json"' in text
+    assert 'for kind, folder in folders.items()' in text and '(folder / "report.json")' in text
     assert '/ "maps"' not in text and "runs_dir" not in text
 
 

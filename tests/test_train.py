@@ -138,14 +138,17 @@ def test_ddp_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
     from spanlib.data import write_folder_dataset
 
     data = write_folder_dataset(tmp_path / "toy", toy_samples(32), {"kind": "toy", "description": "test data"})
-    common = {"span.knowledge_maps": "masks", "run.checkpoint_every": 2, "run.log_every": 1, "run.data": str(data)}
+    # one learning rate for every weight: Adam turns a last-digit difference of a gradient into a step of up to the
+    # learning rate, so a weight stepped at the smoke preset's 10x would differ 10x as much (the same sums either way)
+    common = {"span.knowledge_maps": "masks", "run.checkpoint_every": 2, "run.log_every": 1, "run.data": str(data),
+              "span.attention_lr_scale": 1.0}
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
         "-m", "spanlib", "pretrain", "--preset", "smoke", "--regimen", "span_triangular",
         "--data", str(data), "--maps", "masks", "--out", str(out), "--set", "optim.batch_size=4",
-        "--set", "run.checkpoint_every=2", "--set", "run.log_every=1",
+        "--set", "run.checkpoint_every=2", "--set", "run.log_every=1", "--set", "span.attention_lr_scale=1.0",
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
