@@ -126,6 +126,10 @@ class ChapterScores:
     sizes: dict[str, int]
     references: dict[str, Any] | None
 
+    def test_films(self) -> Any:
+        """The test split of the films attention is scored on (what the chapter's browsers show)."""
+        return split_of(open_dataset(self.reader, self.data), "test")
+
 
 def chapter_scores(preset: str, seed: int = 0, data: str | None = None, reader: str = "folder",
                    maps_from: str | None = None, eval_data: str | None = None, eval_reader: str = "folder",
