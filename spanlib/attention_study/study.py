@@ -130,6 +130,11 @@ class StudyResults:
         """Per variant: the summary numbers, rounded (for :func:`spanlib.book.runs.record`)."""
         return {name: {k: round(v, 2) for k, v in r.summary().items()} for name, r in self.variants.items()}
 
+    def recorded(self) -> dict[str, Any]:
+        """What the chapter records of the study (keyword arguments of :func:`spanlib.book.runs.record`)."""
+        return {"attention_shapes": self.headline(), "attention_shapes_reference": self.reference,
+                "attention_shapes_data": self.data_source}
+
     def training_seconds(self) -> float:
         """Training time of every variant together (as recorded when each was trained)."""
         return float(sum(r.seconds for r in self.variants.values()))
