@@ -23,27 +23,27 @@ from spanlib.book.attention import scoring_sizes
 from spanlib.book.browser import _knowledge_maps_by_head, _load_run
 from spanlib.eval.evaluate import extract
 from spanlib.figures.page_browser import BrowserData, PageBrowser, Polylines, outlines, page_browser, quantised
+from spanlib.maps.store import resize_nearest
 
 
-def _resized(array: np.ndarray, side: int, mode: str) -> np.ndarray:
-    """A ``[H, W]`` map resampled to ``side x side`` (``bilinear`` for a film, ``nearest`` for a mask or map)."""
+def _resized(array: np.ndarray, side: int) -> np.ndarray:
+    """A ``[H, W]`` film resampled to ``side x side`` (bilinear, antialiased)."""
     tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))[None, None]
     if tensor.shape[-2:] == (side, side):
         return tensor[0, 0].numpy()
-    kwargs = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
-    return F.interpolate(tensor, size=(side, side), mode=mode, **kwargs)[0, 0].numpy()
+    return F.interpolate(tensor, size=(side, side), mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
 
 
 def film_bytes(image: np.ndarray, side: int) -> np.ndarray:
     """A film in [0, 1] (``[H, W]`` or channels last) as ``uint8 [side, side]`` grey levels."""
     image = np.asarray(image, dtype=np.float32)
     grey = image.mean(axis=-1) if image.ndim == 3 else image
-    return np.clip(np.rint(_resized(grey, side, "bilinear") * 255), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(_resized(grey, side) * 255), 0, 255).astype(np.uint8)
 
 
 def region_outlines(regions: Mapping[str, Any], side: int) -> dict[str, Polylines]:
-    """Name -> the 0.5 outline of each ``[H, W]`` region resized (nearest) to ``side x side``."""
-    return {name: outlines(_resized(np.asarray(region, dtype=np.float32), side, "nearest"))
+    """Name -> the 0.5 outline of each ``[H, W]`` region resized to ``side x side`` by the maps' one nearest resize."""
+    return {name: outlines(resize_nearest(np.asarray(region, dtype=np.float32), side, side))
             for name, region in regions.items()}
 
 
